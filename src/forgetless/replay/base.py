@@ -70,7 +70,24 @@ class StrategyContext:
     evaluate: Callable[..., float] | None = None
     # forward-only per-sample losses for a list of samples (counts extra_forward_tokens)
     sample_losses: Callable[[list["Sample"]], np.ndarray] | None = None
+    steps_per_task: list[int] = field(default_factory=list)  # optimizer steps the loop will take per task
+    batch_size: int = 0  # new-task samples per step (global)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def replay_budget(self, task_index: int) -> int | None:
+        """Replay samples allowed during task ``task_index`` (None: unlimited).
+
+        ``replay.budget`` >= 1 is samples per task; < 1 is a fraction of the new-task samples the
+        task trains on (steps x batch size). Task 0 has nothing to replay.
+        """
+        b = self.config.replay.budget
+        if b is None:
+            return None
+        if task_index == 0:
+            return 0
+        if b >= 1:
+            return int(round(b))
+        return int(round(b * self.steps_per_task[task_index] * self.batch_size))
 
 
 @runtime_checkable
@@ -122,6 +139,39 @@ class BaseStrategy:
 
     def load_state_dict(self, d: dict) -> None:
         pass
+
+
+class BudgetPacer:
+    """Caps one task's replay at its budget and spends what is left before the task ends.
+
+    Strategies that decide *when* to replay by themselves (triggers) ask ``grant(wanted)`` each
+    step; the pacer gives at most what remains, and when the remaining budget no longer fits in the
+    remaining steps at ``cap`` samples per step it grants more, so a run ends within one step's
+    rounding of the budget instead of under-spending.
+    """
+
+    def __init__(self, total: int | None, steps: int, cap: int):
+        self.total, self.steps, self.cap = total, steps, max(1, cap)
+        self.spent = 0
+        self.step = 0
+
+    def grant(self, wanted: int) -> int:
+        self.step += 1
+        if self.total is None:
+            return max(0, wanted)
+        remaining = self.total - self.spent
+        steps_left = self.steps - self.step  # after this one
+        must = max(0, remaining - steps_left * self.cap)
+        n = int(min(remaining, max(wanted, must)))
+        self.spent += max(0, n)
+        return max(0, n)
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "steps": self.steps, "cap": self.cap, "spent": self.spent, "step": self.step}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.total, self.steps, self.cap = d["total"], d["steps"], d["cap"]
+        self.spent, self.step = d["spent"], d["step"]
 
 
 # name -> factory(ctx) ; filled by the modules that define strategies (see replay/__init__.py)
