@@ -54,6 +54,115 @@ def data_show(task: str = typer.Argument(..., help="Built-in task name, or a tas
         console.print(f"  [green]target:[/green] {ex.target!r}")
 
 
+def _metrics_table(rows: list[dict], title: str) -> Table:
+    from forgetless.bench import COLUMNS
+
+    table = Table(title=title)
+    table.add_column("strategy")
+    for _, head, _ in COLUMNS:
+        table.add_column(head, justify="right")
+    for r in rows:
+        cells = []
+        for key, _, d in COLUMNS:
+            v, s = r.get(key), r.get(key + "_std")
+            cells.append("–" if v is None else (f"{v:,.{d}f}" if not s or r.get("n_runs", 1) < 2 else f"{v:,.{d}f}±{s:,.{d}f}"))
+        table.add_row(r["strategy"], *cells)
+    return table
+
+
+@app.command()
+def run(config: str = typer.Argument(..., help="YAML config file."),
+        set_: list[str] = typer.Option([], "--set", help="Override a config value: key.sub=value (repeatable)."),
+        output: Optional[str] = typer.Option(None, "--output", help="Parent directory of the run (default: config output_dir)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last finished stage."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
+    """Train one model on a stream of tasks with one replay strategy."""
+    from forgetless import bench, experiment
+    from forgetless.config import load_config
+
+    cfg = load_config(config, set_)
+    result = experiment.run(cfg, output, resume=resume, progress=not quiet)
+    run_dir = experiment.run_dir_for(cfg, output)
+    if _is_main():
+        console.print(_metrics_table(bench.aggregate([bench.summarize(result)], [result["strategy"]]), f"run {cfg.name}"))
+        console.print(f"results: {run_dir / 'results.json'}  report: {run_dir / 'report.md'}")
+
+
+@app.command()
+def demo(quick: bool = typer.Option(False, "--quick", help="Fewer tasks, steps and strategies (about a minute)."),
+         output: str = typer.Option("runs/demo", "--output", help="Where the demo's runs, table and plots go."),
+         quiet: bool = typer.Option(False, "--quiet")) -> None:
+    """Every strategy on the bundled tiny model and the built-in suite: forgetting and its cure."""
+    from pathlib import Path
+
+    from forgetless import bench
+
+    cfg = bench.demo_config(quick)
+    strategies = bench.QUICK_STRATEGIES if quick else bench.DEMO_STRATEGIES
+    out = Path(output) / ("quick" if quick else "full")
+    console.print(f"demo: {len(strategies)} strategies on {', '.join(cfg.data.tasks)} "
+                  f"({cfg.train.steps_per_task} steps per task, tiny model) -> {out}")
+
+    def on_run(i, n, res):
+        m = res["metrics"]
+        console.print(f"[{i}/{n}] {res['strategy']:<20} AP {m['ap']:.3f}  BWT {m['bwt']:.3f}")
+
+    payload = bench.bench(cfg, strategies, [cfg.seed], out=out, progress=not quiet, on_run=on_run)
+    console.print(_metrics_table(payload["rows"], "forgetting and its cure (tiny model, built-in tasks)"))
+    console.print(f"table: {out / 'bench.md'}  plots: {out / 'plots'}")
+
+
+@app.command("bench")
+def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (default: the demo config)."),
+              strategies: str = typer.Option(",".join(["none", "joint", "uniform", "fixed", "loss_triggered",
+                                                       "accuracy_triggered", "mssr", "gere", "gere+mssr"]),
+                                             help="Comma-separated strategies (a+b composes)."),
+              seeds: int = typer.Option(3, help="Seeds 0..N-1."),
+              orders: int = typer.Option(1, help="Task orders: the listed one plus N-1 random ones."),
+              set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+              output: Optional[str] = typer.Option(None, "--output", help="Bench directory (default bench/<name>)."),
+              quiet: bool = typer.Option(False, "--quiet")) -> None:
+    """Compare strategies over seeds (and task orders) at equal replay budget; resumable."""
+    from pathlib import Path
+
+    from forgetless import bench
+    from forgetless.config import apply_overrides, from_dict, load_config
+
+    if config is None:
+        cfg = from_dict(apply_overrides(bench.demo_config().model_dump(mode="json"), set_), "demo config")
+    else:
+        cfg = load_config(config, set_)
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    out = Path(output) if output else Path("bench") / cfg.name
+    t0 = __import__("time").perf_counter()
+
+    def on_run(i, n, res):
+        el = __import__("time").perf_counter() - t0
+        console.print(f"[{i}/{n}] {res['strategy']} seed {res['seed']}: AP {res['metrics']['ap']:.3f}  "
+                      f"(elapsed {el:.0f}s, ETA {el / i * (n - i):.0f}s)")
+
+    payload = bench.bench(cfg, names, list(range(seeds)), orders=orders, out=out, progress=not quiet, on_run=on_run)
+    console.print(_metrics_table(payload["rows"], f"bench {out}"))
+    console.print(f"table: {out / 'bench.md'}")
+
+
+@app.command()
+def report(run_dir: str = typer.Argument(..., help="A run directory with results.json.")) -> None:
+    """Re-render report.md, accuracy_matrix.csv and plots from results.json."""
+    from pathlib import Path
+
+    from forgetless.report import rerender
+
+    rerender(Path(run_dir))
+    console.print(f"wrote {Path(run_dir) / 'report.md'} and plots")
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main() -> None:
     try:
         app()

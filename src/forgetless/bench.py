@@ -1,0 +1,202 @@
+"""Many runs (strategies x seeds x task orders) on one stream -> a comparison table and plots.
+
+Each run is an ordinary run directory under ``<bench>/runs/``; finished runs are skipped, so a
+killed bench resumes where it stopped. Replaying strategies share one replay budget, so their
+accuracy is compared at equal replay volume.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from forgetless import experiment
+from forgetless.config import Config
+from forgetless.state import atomic_write_bytes, atomic_write_text
+
+# columns of the comparison: (key in a run summary, header, digits)
+COLUMNS = [
+    ("ap", "AP", 3), ("bwt", "BWT", 3), ("fwt", "FWT", 3), ("forgetting", "forgetting", 3),
+    ("ppl_end", "general ppl", 2), ("replay_tokens", "replay tokens", 0),
+    ("extra_forward_tokens", "extra fwd tokens", 0), ("eval_tokens", "eval tokens", 0),
+    ("wall_s", "wall-clock s", 1), ("overhead", "× uniform time", 2),
+]
+
+
+def run_name(strategy: str, seed: int, order: int) -> str:
+    return f"{strategy}-seed{seed}-order{order}"
+
+
+def task_order(n_tasks: int, order_index: int) -> list[int]:
+    """Order 0 is the listed order; order i > 0 a fixed random permutation (same for every strategy)."""
+    if order_index == 0:
+        return list(range(n_tasks))
+    return [int(i) for i in np.random.default_rng([1234, order_index]).permutation(n_tasks)]
+
+
+def summarize(result: dict) -> dict:
+    m, c = result["metrics"], result["counters"]
+    ppl = result["general_ppl"]
+    return {
+        "strategy": result["strategy"], "seed": result["seed"], "tasks": result["tasks"],
+        "ap": m.get("ap"), "bwt": m.get("bwt"), "fwt": m.get("fwt"), "forgetting": m.get("forgetting"),
+        "ppl_start": ppl[0], "ppl_end": ppl[-1], "general_ability": result.get("general_ability"),
+        "replay_tokens": c["replay_tokens"], "replay_samples": c["replay_samples"],
+        "extra_forward_tokens": c["extra_forward_tokens"], "eval_tokens": c["eval_tokens"],
+        "wall_s": c["time_train_s"] + c["time_replay_bookkeeping_s"] + c["time_eval_s"],
+    }
+
+
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    v = [x for x in values if x is not None]
+    if not v:
+        return None, None
+    return float(np.mean(v)), float(np.std(v))
+
+
+def aggregate(runs: list[dict], strategies: list[str]) -> list[dict]:
+    """Mean and std per strategy, plus wall-clock relative to uniform's when uniform ran."""
+    rows = []
+    for s in strategies:
+        mine = [r for r in runs if r["strategy"] == s]
+        row = {"strategy": s, "n_runs": len(mine)}
+        for key, _, _ in COLUMNS:
+            if key != "overhead":
+                row[key], row[key + "_std"] = _mean_std([r[key] for r in mine])
+        rows.append(row)
+    base = next((r for r in rows if r["strategy"] == "uniform"), None)
+    for r in rows:
+        r["overhead"] = r["wall_s"] / base["wall_s"] if base and base["wall_s"] else None
+        r["overhead_std"] = None
+    return rows
+
+
+def table_md(rows: list[dict]) -> str:
+    head = "| strategy | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
+    out = [head, "|---" * (len(COLUMNS) + 1) + "|"]
+    for r in rows:
+        cells = []
+        for key, _, d in COLUMNS:
+            m, s = r.get(key), r.get(key + "_std")
+            if m is None:
+                cells.append("–")
+            elif s is None or r["n_runs"] < 2:
+                cells.append(f"{m:,.{d}f}")
+            else:
+                cells.append(f"{m:,.{d}f} ± {s:,.{d}f}")
+        out.append(f"| {r['strategy']} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def write_plots(out: Path, rows: list[dict], results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from forgetless.report import plot_matrix, plot_task_curves
+
+    def save(fig, name):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        atomic_write_bytes(out / "plots" / name, buf.getvalue())
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r in rows:
+        if r["ap"] is None:
+            continue
+        ax.errorbar(r["replay_tokens"], r["ap"], xerr=r["replay_tokens_std"] or 0, yerr=r["ap_std"] or 0,
+                    fmt="o", capsize=3, label=r["strategy"])
+    ax.set_xlabel("replay tokens per run")
+    ax.set_ylabel("average accuracy (AP) after the last task")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, "ap_vs_replay_tokens.png")
+
+    firsts = {}
+    for res in results:  # one representative run per strategy: the first seed of the first order
+        firsts.setdefault(res["strategy"], res)
+    n = len(firsts)
+    cols = min(3, n)
+    nrows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.5 * cols, 4 * nrows), squeeze=False)
+    for ax, res in zip(axes.flat, firsts.values()):
+        plot_task_curves(ax, res)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, "task_accuracy.png")
+
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2), squeeze=False)
+    for ax, res in zip(axes.flat, firsts.values()):
+        plot_matrix(ax, res)
+    fig.tight_layout()
+    save(fig, "accuracy_matrices.png")
+
+
+def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int = 1, out: Path,
+          progress: bool = True, on_run: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Run the grid (skipping finished runs) and write bench.json, bench.md and plots under ``out``."""
+    from forgetless.replay.compose import check_names
+
+    for s in strategies:
+        check_names(s.split("+"))
+    out = Path(out)
+    grid = [(o, s, seed) for o in range(orders) for s in strategies for seed in seeds]
+    results, t_start = [], time.perf_counter()
+    for i, (o, s, seed) in enumerate(grid):
+        n_tasks = len(cfg.data.tasks)
+        run_cfg = cfg.model_copy(deep=True)
+        run_cfg.name = run_name(s, seed, o)
+        run_cfg.seed = seed
+        run_cfg.replay.strategy = s
+        run_cfg.data.order = cfg.data.order if o == 0 else task_order(n_tasks, o)
+        res = experiment.run(run_cfg, out / "runs", resume=True, progress=progress)
+        res["order_index"] = o
+        results.append(res)
+        if on_run is not None:
+            on_run(i + 1, len(grid), res)
+    summaries = [summarize(r) | {"order": r["order_index"]} for r in results]
+    rows = aggregate(summaries, strategies)
+    payload = {"config": cfg.model_dump(mode="json"), "strategies": strategies, "seeds": seeds, "orders": orders,
+               "rows": rows, "runs": summaries, "results": results,
+               "wall_s": time.perf_counter() - t_start}
+    atomic_write_text(out / "bench.json", json.dumps(payload, indent=1))
+    write_plots(out, rows, results)
+    md = [f"# Bench `{out.name}`", "",
+          f"{len(strategies)} strategies × {len(seeds)} seeds × {orders} task order(s) on "
+          f"{', '.join(results[0]['tasks']) if results else '-'}; model `{cfg.model.name}`; "
+          f"replay budget {cfg.replay.budget if cfg.replay.budget is not None else 'unlimited'}.",
+          "Mean ± std over seeds and orders. Time ratios are within this one bench (same machine, same load).", "",
+          table_md(rows), "",
+          "![AP vs replay tokens](plots/ap_vs_replay_tokens.png)", "",
+          "![per-task accuracy](plots/task_accuracy.png)", "", "![accuracy matrices](plots/accuracy_matrices.png)", ""]
+    atomic_write_text(out / "bench.md", "\n".join(md))
+    return payload
+
+
+DEMO_STRATEGIES = ["none", "joint", "uniform", "fixed", "loss_triggered", "accuracy_triggered", "mssr", "gere", "gere+mssr"]
+QUICK_STRATEGIES = ["none", "uniform", "mssr"]
+
+
+def demo_config(quick: bool = False) -> Config:
+    """The demo: bundled tiny model, built-in suite, every strategy at one replay budget."""
+    from forgetless.config import from_dict
+
+    raw = {
+        "name": "demo",
+        "data": {"tasks": ["first_word", "last_word", "unicode_letter", "compare"], "n_test": 100},
+        "train": {"steps_per_task": 100, "batch_size": 16, "lr": 2e-3},
+        "replay": {"budget": 0.25, "memory": {"size": 400}, "gere": {"n_samples": 200, "seq_len": 128}},
+    }
+    if quick:
+        raw["data"] = {"tasks": ["first_word", "last_word"], "n_test": 50}
+        raw["train"]["steps_per_task"] = 60
+    return from_dict(raw, "demo config")

@@ -1,0 +1,366 @@
+"""One run: a task stream x a strategy x a model -> a run directory with results; resumable.
+
+Run directory (DESIGN.md): config.yaml, log.jsonl, stages/<k>/ (k=0 is the start, k=t+1 is after
+task t: trainable weights, strategy state, loop state, the accuracy row), results.json,
+accuracy_matrix.csv, report.md, plots/. A stage directory appears only once complete (written under
+a temporary name, then renamed) and is never rewritten, so a killed run resumes from its last
+finished stage and ends with the same results as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from forgetless import __version__
+from forgetless.config import Config, dump_config
+from forgetless.errors import InputError
+from forgetless.replay.base import StrategyContext, WorkCounters
+from forgetless.state import atomic_write_text, load_state, save_state
+
+
+def run_dir_for(cfg: Config, output_dir: str | Path | None = None) -> Path:
+    return Path(output_dir if output_dir is not None else cfg.output_dir) / cfg.name
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / "results.json").is_file()
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "forgetless": __version__}
+
+
+def _precision(cfg: Config) -> str:
+    p = cfg.train.precision
+    if p == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "no"
+    if p in ("bf16", "fp16") and not torch.cuda.is_available():
+        raise InputError(f"train.precision={p} needs a GPU; use 'auto' or 'no' on CPU")
+    return p
+
+
+class Run:
+    """Holds everything one run needs; ``execute`` does the work."""
+
+    def __init__(self, cfg: Config, run_dir: Path, *, resume: bool = False, progress: bool = True,
+                 on_stage: Callable[[int], None] | None = None):
+        self.cfg, self.run_dir, self.resume, self.show_progress = cfg, Path(run_dir), resume, progress
+        self.on_stage = on_stage  # test hook: called after each stage is saved
+
+    # ---- set-up ----------------------------------------------------------------------------
+    def _prepare_dir(self) -> None:
+        d = self.run_dir
+        resolved = dump_config(self.cfg)
+        existing = d / "config.yaml"
+        if existing.is_file():
+            if not self.resume:
+                raise InputError(f"run directory {d} exists; pass --resume to continue it or choose another name")
+            if existing.read_text() != resolved:
+                raise InputError(f"{existing}: the config differs from this run's; resume with the same config or use another name")
+        elif self.accelerator.is_main_process:
+            atomic_write_text(existing, resolved)
+        self.accelerator.wait_for_everyone()
+
+    def _setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from forgetless.data import load_stream
+        from forgetless.data.general import general_texts
+        from forgetless.data.tokenize import tokenize_stream
+        from forgetless.model import load_model
+        from forgetless.replay.compose import build_strategy, check_names
+        from forgetless.train import steps_for_task
+
+        cfg = self.cfg
+        check_names(cfg.replay.strategies)
+        self.accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=not torch.cuda.is_available())
+        set_seed(cfg.seed)
+        if self.accelerator.num_processes > 1 and cfg.train.batch_size < self.accelerator.num_processes:
+            raise InputError("train.batch_size must be at least the number of processes")
+        self.stream = load_stream(cfg.data, cfg.seed)
+        self._prepare_dir()
+        model, self.tokenizer = load_model(cfg.model, device=self.accelerator.device)
+        self.base_model = model  # unwrapped (PEFT) model: saved, evaluated, handed to strategies
+        tokenize_stream(self.stream, self.tokenizer, cfg.data.max_length, cfg.data.prompt_template)
+        self.steps = [steps_for_task(cfg.train, len(s)) for s in self.stream.samples]
+        self.general = general_texts("heldout")[: cfg.data.general_texts] if cfg.data.general_texts else []
+        self.counters = WorkCounters()
+        self.ctx = StrategyContext(
+            config=cfg, stream=self.stream, seed=cfg.seed, counters=self.counters, model=model,
+            tokenizer=self.tokenizer, device=self.accelerator.device, run_dir=self.run_dir,
+            evaluate=self._probe_accuracy, sample_losses=self._sample_losses,
+            steps_per_task=self.steps, batch_size=cfg.train.batch_size,
+        )
+        self.strategy = build_strategy(self.ctx)
+        self.model = self.accelerator.prepare(model)
+        self.rng = np.random.default_rng([cfg.seed, 7])
+        self.acc_rows: list[list[float]] = []
+        self.ppl: list[float | None] = []
+        self.replay_events: list[dict] = []
+        self.global_step = 0
+
+    # ---- evaluation (sharded over processes, summed, so every process gets the same numbers) ----
+    def _eval_examples(self, task_index: int, examples) -> tuple[float, int]:
+        from forgetless.evaluate import evaluate_task
+
+        acc = self.accelerator
+        shard = examples[acc.process_index :: acc.num_processes]
+        correct, n, tokens = 0.0, 0, 0
+        if shard:
+            r = evaluate_task(self.base_model, self.tokenizer, self.stream.tasks[task_index], shard,
+                              batch_size=self.cfg.eval.batch_size, mc_scoring=self.cfg.eval.mc_scoring,
+                              max_new_tokens=self.cfg.eval.max_new_tokens, template=self.cfg.data.prompt_template,
+                              max_length=self.cfg.data.max_length, device=acc.device)
+            correct, n, tokens = r.accuracy * r.n, r.n, r.tokens
+        if acc.num_processes > 1:
+            t = acc.reduce(torch.tensor([correct, n, tokens], dtype=torch.float64, device=acc.device), "sum")
+            correct, n, tokens = float(t[0]), int(t[1]), int(t[2])
+        self.counters.eval_tokens += int(tokens)
+        return (correct / n if n else 0.0), int(tokens)
+
+    def _probe_accuracy(self, task_index: int, examples) -> float:
+        t0 = time.perf_counter()
+        a, _ = self._eval_examples(task_index, list(examples))
+        self.counters.time_eval_s += time.perf_counter() - t0
+        self.model.train()
+        return a
+
+    @torch.no_grad()
+    def _sample_losses(self, samples) -> np.ndarray:
+        from forgetless.train import collate, token_losses
+
+        m = self.base_model
+        was_training = m.training
+        m.eval()
+        batch = {k: v.to(self.accelerator.device) for k, v in collate(samples, self.tokenizer.pad_token_id).items()}
+        with self.accelerator.autocast():
+            out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        tl, mask = token_losses(out.logits, batch["labels"])
+        self.counters.extra_forward_tokens += int(batch["attention_mask"].sum())
+        m.train(was_training)
+        return ((tl * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy()
+
+    def _evaluate_stage(self) -> tuple[list[float], float | None]:
+        from forgetless.evaluate import general_perplexity
+
+        t0 = time.perf_counter()
+        row = [self._eval_examples(j, t.test)[0] for j, t in enumerate(self.stream.tasks)]
+        ppl = None
+        if self.general:
+            acc = self.accelerator
+            shard = self.general[acc.process_index :: acc.num_processes]
+            nll, tokens = 0.0, 0
+            if shard:
+                p, tokens = general_perplexity(self.base_model, self.tokenizer, shard, device=acc.device,
+                                               batch_size=self.cfg.eval.batch_size)
+                nll = float(np.log(p)) * tokens
+            if acc.num_processes > 1:
+                t = acc.reduce(torch.tensor([nll, tokens], dtype=torch.float64, device=acc.device), "sum")
+                nll, tokens = float(t[0]), int(t[1])
+            self.counters.eval_tokens += int(tokens)
+            ppl = float(np.exp(nll / max(tokens, 1)))
+        self.counters.time_eval_s += time.perf_counter() - t0
+        return row, ppl
+
+    # ---- stages ----------------------------------------------------------------------------
+    def _stage_dir(self, k: int) -> Path:
+        return self.run_dir / "stages" / str(k)
+
+    def _save_stage(self, k: int, row: list[float], ppl: float | None) -> None:
+        from forgetless.model import save_trainable
+
+        acc = self.accelerator
+        strategy_state = self.strategy.state_dict()  # every process computes it (same state)
+        if acc.is_main_process:
+            final = self._stage_dir(k)
+            if final.exists():
+                raise RuntimeError(f"stage {final} exists; a finished stage is never rewritten")
+            tmp = final.parent / f".tmp-{k}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_trainable(self.base_model, tmp / "trainable.safetensors")
+            save_state(strategy_state, tmp, "strategy")
+            loop = {
+                "stage": k, "global_step": self.global_step, "row": row, "general_ppl": ppl,
+                "counters": self.counters.as_dict(), "replay_events": self.replay_events,
+                "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state().numpy(),
+            }
+            if torch.cuda.is_available():
+                loop["cuda_rng"] = torch.cuda.get_rng_state().numpy()
+            save_state(loop, tmp, "loop")
+            tmp.rename(final)
+        acc.wait_for_everyone()
+        if self.on_stage is not None:
+            self.on_stage(k)
+
+    def _last_stage(self) -> int:
+        stages = self.run_dir / "stages"
+        done = [int(p.name) for p in stages.iterdir() if p.is_dir() and p.name.isdigit()] if stages.is_dir() else []
+        return max(done) if done else -1
+
+    def _restore(self, k: int) -> None:
+        from forgetless.model import load_trainable
+
+        d = self._stage_dir(k)
+        load_trainable(self.base_model, d / "trainable.safetensors")
+        self.strategy.load_state_dict(load_state(d, "strategy"))
+        self.acc_rows, self.ppl = [], []
+        for j in range(k + 1):
+            loop_j = load_state(self._stage_dir(j), "loop")
+            if j == 0:
+                self.baseline = loop_j["row"]
+            else:
+                self.acc_rows.append(loop_j["row"])
+            self.ppl.append(loop_j["general_ppl"])
+        loop = load_state(d, "loop")
+        self.global_step = int(loop["global_step"])
+        self.counters.load(loop["counters"])
+        self.replay_events = list(loop["replay_events"])
+        self.rng.bit_generator.state = loop["rng"]
+        torch.set_rng_state(torch.from_numpy(np.asarray(loop["torch_rng"], dtype=np.uint8)))
+        if "cuda_rng" in loop and torch.cuda.is_available():
+            torch.cuda.set_rng_state(torch.from_numpy(np.asarray(loop["cuda_rng"], dtype=np.uint8)))
+        self._truncate_log(self.global_step)
+
+    # ---- logging ---------------------------------------------------------------------------
+    def _truncate_log(self, last_step: int) -> None:
+        path = self.run_dir / "log.jsonl"
+        if not self.accelerator.is_main_process or not path.is_file():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= last_step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+    # ---- the run ---------------------------------------------------------------------------
+    def execute(self) -> dict:
+        from forgetless.train import TaskLoop
+
+        self._setup()
+        acc = self.accelerator
+        start = self._last_stage() if self.resume else -1
+        if start >= 0:
+            self._restore(start)
+        else:
+            row, ppl = self._evaluate_stage()
+            self.baseline = row
+            self.ppl.append(ppl)
+            self._save_stage(0, row, ppl)
+            start = 0
+
+        log_file = open(self.run_dir / "log.jsonl", "a") if acc.is_main_process else None
+        progress = _progress(self.show_progress and acc.is_main_process)
+        try:
+            with progress:
+                for t in range(start, len(self.stream)):
+                    task = self.stream.tasks[t]
+                    bar = progress.add_task(f"{t + 1}/{len(self.stream)} {task.name}", total=self.steps[t],
+                                            loss=float("nan"), share=0.0, tps=0.0) if progress else None
+
+                    def on_step(s, bar=bar):
+                        if log_file is not None:
+                            log_file.write(json.dumps(s.__dict__) + "\n")
+                        if progress:
+                            progress.update(bar, advance=1, loss=s.loss, share=s.replay_share, tps=s.tokens_per_s)
+
+                    t0 = time.perf_counter()
+                    self.strategy.on_task_start(task, t, self.global_step)
+                    self.counters.time_replay_bookkeeping_s += time.perf_counter() - t0
+                    loop = TaskLoop(self.model, acc, self.strategy, self.counters, self.cfg.train,
+                                    self.tokenizer.pad_token_id, self.rng, self.replay_events, on_step)
+                    self.global_step = loop.run(t, self.stream.samples[t], self.steps[t], self.global_step)
+                    t0 = time.perf_counter()
+                    self.strategy.on_task_end(task, t, self.global_step)
+                    self.counters.time_replay_bookkeeping_s += time.perf_counter() - t0
+                    if log_file is not None:
+                        log_file.flush()
+                    row, ppl = self._evaluate_stage()
+                    self.acc_rows.append(row)
+                    self.ppl.append(ppl)
+                    self._save_stage(t + 1, row, ppl)
+        finally:
+            if log_file is not None:
+                log_file.close()
+        return self._finish()
+
+    def _finish(self) -> dict:
+        from forgetless import metrics
+        from forgetless.report import write_outputs
+
+        acc = np.asarray(self.acc_rows, dtype=float)
+        base = np.asarray(self.baseline, dtype=float)
+        names = self.stream.names
+        result: dict[str, Any] = {
+            "name": self.cfg.name,
+            "tasks": names,
+            "task_kinds": [t.kind for t in self.stream.tasks],
+            "acc": acc.tolist(),
+            "baseline_acc": base.tolist(),
+            "metrics": _jsonable(metrics.compute(acc, base)),
+            "general_ppl": self.ppl,
+            "counters": self.counters.as_dict(),
+            "replay_events": self.replay_events,
+            "steps_per_task": self.steps,
+            "strategy": "+".join(self.cfg.replay.strategies),
+            "seed": self.cfg.seed,
+            "model": self.cfg.model.name,
+            "n_processes": self.accelerator.num_processes,
+            "truncated_samples": self.stream.truncated,
+            "versions": _versions(),
+        }
+        if self.accelerator.is_main_process:
+            write_outputs(self.run_dir, result)
+        self.accelerator.wait_for_everyone()
+        return result
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("replay {task.fields[share]:.0%}"),
+        TextColumn("{task.fields[tps]:.0f} tok/s"), TimeElapsedColumn(),
+    )
+
+
+class _NoProgress(nullcontext):
+    def __bool__(self) -> bool:
+        return False
+
+
+def run(cfg: Config, output_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
+        on_stage: Callable[[int], None] | None = None) -> dict:
+    """Run (or resume) one experiment; returns the results dict also written to results.json."""
+    run_dir = run_dir_for(cfg, output_dir)
+    if resume and is_finished(run_dir):
+        return json.loads((run_dir / "results.json").read_text())
+    return Run(cfg, run_dir, resume=resume, progress=progress, on_stage=on_stage).execute()

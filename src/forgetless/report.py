@@ -1,0 +1,124 @@
+"""Files a person reads: results.json, accuracy_matrix.csv, report.md and plots, from one results dict."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from forgetless.state import atomic_write_bytes, atomic_write_text
+
+
+def _fmt(x, digits=3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def accuracy_csv(result: dict) -> str:
+    names = result["tasks"]
+    lines = ["after_task," + ",".join(names), "start," + ",".join(f"{v:.4f}" for v in result["baseline_acc"])]
+    for name, row in zip(names, result["acc"]):
+        lines.append(name + "," + ",".join(f"{v:.4f}" for v in row))
+    return "\n".join(lines) + "\n"
+
+
+def report_md(result: dict) -> str:
+    m, c, names = result["metrics"], result["counters"], result["tasks"]
+    out = [f"# Run `{result['name']}`", "",
+           f"Strategy **{result['strategy']}**, model `{result['model']}`, seed {result['seed']}, "
+           f"{len(names)} tasks: {', '.join(names)}.", "", "## Metrics", "",
+           "| AP | BWT | FWT | forgetting | learning acc. | general ppl (start → end) |", "|---|---|---|---|---|---|",
+           f"| {_fmt(m.get('ap'))} | {_fmt(m.get('bwt'))} | {_fmt(m.get('fwt'))} | {_fmt(m.get('forgetting'))} | "
+           f"{_fmt(m.get('learning_accuracy'))} | {_fmt(result['general_ppl'][0], 2)} → {_fmt(result['general_ppl'][-1], 2)} |",
+           "", "## Accuracy matrix (row: after training task; column: evaluated task)", "",
+           "| after \\ on | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
+           "| start | " + " | ".join(_fmt(v) for v in result["baseline_acc"]) + " |"]
+    for name, row in zip(names, result["acc"]):
+        out.append(f"| {name} | " + " | ".join(_fmt(v) for v in row) + " |")
+    out += ["", "## Work", "", "| counter | value |", "|---|---|"]
+    out += [f"| {k} | {_fmt(v, 2)} |" for k, v in c.items()]
+    out += ["", f"Replay events: {len(result['replay_events'])}.", "",
+            "![accuracy matrix](plots/accuracy_matrix.png)", "", "![task accuracy](plots/task_accuracy.png)", ""]
+    return "\n".join(out)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_matrix(ax, result: dict, title: str | None = None) -> None:
+    acc = np.asarray(result["acc"])
+    names = result["tasks"]
+    im = ax.imshow(acc, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("after training task")
+    for i in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if acc[i, j] < 0.5 else "black")
+    ax.set_title(title or result["strategy"])
+    return im
+
+
+def plot_task_curves(ax, result: dict, title: str | None = None) -> None:
+    names = result["tasks"]
+    acc = np.vstack([result["baseline_acc"], result["acc"]])
+    x = np.arange(acc.shape[0])
+    for j, n in enumerate(names):
+        ax.plot(x, acc[:, j], marker="o", label=n)
+    ax.set_xticks(x, ["start"] + [f"after {n}" for n in names], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or result["strategy"])
+    ax.grid(alpha=0.3)
+
+
+def write_plots(run_dir: Path, result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(result["tasks"])
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.0 * n + 2))
+    im = plot_matrix(ax, result, f"accuracy matrix — {result['strategy']}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    atomic_write_bytes(run_dir / "plots" / "accuracy_matrix.png", _png(fig))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    plot_task_curves(ax, result, f"accuracy per task across stages — {result['strategy']}")
+    ax.legend(fontsize=8, loc="best")
+    atomic_write_bytes(run_dir / "plots" / "task_accuracy.png", _png(fig))
+    plt.close(fig)
+
+
+def write_outputs(run_dir: Path, result: dict) -> None:
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "accuracy_matrix.csv", accuracy_csv(result))
+    write_plots(run_dir, result)
+    atomic_write_text(run_dir / "report.md", report_md(result))
+    atomic_write_text(run_dir / "results.json", json.dumps(result, indent=1))  # last: marks the run finished
+
+
+def rerender(run_dir: Path) -> dict:
+    """Rebuild report.md, the CSV and the plots from results.json (``forgetless report``)."""
+    from forgetless.errors import InputError
+
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise InputError("no results.json (is the run finished?)", file=str(path))
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON ({e.msg})", file=str(path), line=e.lineno) from None
+    write_outputs(Path(run_dir), result)
+    return result

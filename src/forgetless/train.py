@@ -1,0 +1,233 @@
+"""The continual loop for one task: batches, merged replay, one forward, per-sample losses.
+
+Per-sample losses come from the training forward pass itself (token losses averaged per sample), so
+memory-strength bookkeeping costs no extra forward pass. Replay decisions are made identically on
+every process (same seed, same state); each process trains on its slice of the merged batch and the
+per-sample losses are gathered so every process observes the whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from forgetless.config import TrainConfig
+from forgetless.data.task import Sample
+from forgetless.replay.base import Strategy, WorkCounters
+
+
+def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sample; labels -100 on padding."""
+    n = len(samples)
+    width = max(s.n_tokens for s in samples)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), -100, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    for i, s in enumerate(samples):
+        L = s.n_tokens
+        input_ids[i, :L] = torch.from_numpy(s.input_ids)
+        labels[i, :L] = torch.from_numpy(s.labels)
+        attention[i, :L] = 1
+    ids = torch.tensor([s.sample_id for s in samples], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "sample_ids": ids}
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy per position (B, L-1) and the mask of positions with a label."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    loss = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+        ignore_index=-100, reduction="none",
+    ).view(shift_labels.shape)
+    return loss, shift_labels != -100
+
+
+def steps_for_task(cfg: TrainConfig, n_train: int) -> int:
+    if cfg.steps_per_task is not None:
+        return cfg.steps_per_task
+    return max(1, math.ceil(cfg.epochs * n_train / cfg.batch_size))
+
+
+class BatchSampler:
+    """Draws current-task batches from seeded epoch permutations; a partial batch at the end of an
+    epoch continues into the next permutation, so every step has exactly ``batch_size`` samples."""
+
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
+        self.n, self.batch_size, self.rng = n, batch_size, rng
+        self.perm = rng.permutation(n)
+        self.pos = 0
+
+    def next(self) -> np.ndarray:
+        out = []
+        need = self.batch_size
+        while need > 0:
+            if self.pos >= self.n:
+                self.perm = self.rng.permutation(self.n)
+                self.pos = 0
+            take = min(need, self.n - self.pos)
+            out.append(self.perm[self.pos : self.pos + take])
+            self.pos += take
+            need -= take
+        return np.concatenate(out)
+
+
+def make_optimizer(model, cfg: TrainConfig, steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = cfg.warmup_steps
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "cosine":
+            progress = (step - warm) / max(1, steps - warm)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@dataclass
+class StepLog:
+    step: int
+    task: int
+    loss: float
+    new_loss: float
+    replay_samples: int
+    replay_share: float
+    tokens: int
+    tokens_per_s: float
+    lr: float
+    extra_loss: float | None = None
+
+
+@dataclass
+class TaskLoop:
+    """Trains one task. ``accelerator`` is a Hugging Face Accelerator (one or many processes)."""
+
+    model: Any  # prepared by the accelerator
+    accelerator: Any
+    strategy: Strategy
+    counters: WorkCounters
+    cfg: TrainConfig
+    pad_id: int
+    rng: np.random.Generator  # loop RNG: task batches and merge order; identical on every process
+    replay_events: list[dict] = field(default_factory=list)
+    on_step: Callable[[StepLog], None] | None = None
+
+    def run(self, task_index: int, samples: list[Sample], steps: int, global_step: int) -> int:
+        acc = self.accelerator
+        opt, sched = make_optimizer(self.model, self.cfg, steps)
+        opt, sched = acc.prepare(opt, sched)
+        sampler = BatchSampler(len(samples), self.cfg.batch_size, self.rng)
+        self.model.train()
+        for _ in range(steps):
+            global_step += 1
+            t0 = time.perf_counter()
+            new = [samples[i] for i in sampler.next()]
+            rb = self.strategy.replay_batch(global_step, self.cfg.batch_size)
+            replay = list(rb.samples) if rb is not None else []
+            t1 = time.perf_counter()
+            merged = new + replay
+            merged = [merged[i] for i in self.rng.permutation(len(merged))]  # every position possible
+            if replay:
+                self.replay_events.append({"step": global_step, "task": task_index, "n_samples": len(replay)})
+            log = self._train_step(merged, opt, sched)
+            t2 = time.perf_counter()
+            self.strategy.observe(log["ids"], log["losses"], global_step)
+            t3 = time.perf_counter()
+
+            n_new_tok = sum(s.n_tokens for s in new)
+            n_rep_tok = sum(s.n_tokens for s in replay)
+            c = self.counters
+            c.optimizer_steps += 1
+            c.new_task_tokens += n_new_tok
+            c.replay_tokens += n_rep_tok
+            c.replay_samples += len(replay)
+            c.time_train_s += t2 - t1
+            c.time_replay_bookkeeping_s += (t1 - t0) + (t3 - t2)
+            if self.on_step is not None:
+                new_mask = np.isin(log["ids"], [s.sample_id for s in new])
+                self.on_step(StepLog(
+                    step=global_step, task=task_index, loss=log["loss"],
+                    new_loss=float(log["losses"][new_mask].mean()),
+                    replay_samples=len(replay), replay_share=len(replay) / len(merged),
+                    tokens=n_new_tok + n_rep_tok, tokens_per_s=(n_new_tok + n_rep_tok) / max(t3 - t0, 1e-9),
+                    lr=float(sched.get_last_lr()[0]), extra_loss=log["extra"],
+                ))
+        return global_step
+
+    def _train_step(self, merged: list[Sample], opt, sched) -> dict:
+        acc = self.accelerator
+        world, rank = acc.num_processes, acc.process_index
+        local = merged[rank::world]
+        total_tokens = sum(int((s.labels[1:] != -100).sum()) for s in merged)
+        chunks = [local[i :: self.cfg.grad_accum] for i in range(self.cfg.grad_accum)]
+        chunks = [c for c in chunks if c]
+        ids_out, losses_out = [], []
+        loss_sum, extra_sum = 0.0, None
+        need_hidden = bool(getattr(self.strategy, "needs_hidden_states", False))
+        for ci, chunk in enumerate(chunks):
+            batch = {k: v.to(acc.device) for k, v in collate(chunk, self.pad_id).items()}
+            sync = ci == len(chunks) - 1
+            ctx = acc.no_sync(self.model) if not sync and world > 1 else _nullcontext()
+            with ctx, acc.autocast():
+                out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 output_hidden_states=need_hidden)
+                tl, mask = token_losses(out.logits, batch["labels"])
+                tok_sum = (tl * mask).sum()
+                # sum over tokens / global token count, times world: DDP's gradient mean then gives
+                # exactly the token-mean over the whole merged batch
+                loss = tok_sum * world / max(total_tokens, 1)
+                extra = self.strategy.extra_loss(batch, out)
+                if extra is not None:
+                    loss = loss + extra / len(chunks)
+                    extra_sum = (extra_sum or 0.0) + float(extra.detach()) / len(chunks)
+            acc.backward(loss)
+            per_sample = ((tl * mask).sum(1) / mask.sum(1).clamp(min=1)).detach().float()
+            ids_out.append(batch["sample_ids"])
+            losses_out.append(per_sample)
+            loss_sum += float(tok_sum.detach())
+        if self.cfg.max_grad_norm is not None:
+            acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        ids = torch.cat(ids_out)
+        losses = torch.cat(losses_out)
+        if world > 1:
+            ids, losses, loss_sum = _gather_all(acc, ids, losses, loss_sum, len(merged))
+        # observe in merged-batch order, whatever the process count or accumulation
+        ids_np, losses_np = ids.cpu().numpy(), losses.cpu().numpy()
+        pos = {int(s.sample_id): i for i, s in enumerate(merged)}
+        order = np.argsort([pos[int(i)] for i in ids_np], kind="stable")
+        return {"ids": ids_np[order], "losses": losses_np[order],
+                "loss": loss_sum / max(total_tokens, 1), "extra": extra_sum}
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def _gather_all(acc, ids: torch.Tensor, losses: torch.Tensor, loss_sum: float, n_total: int):
+    """Every process gets every sample's loss, in the merged-batch order (ids are unique)."""
+    width = math.ceil(n_total / acc.num_processes)
+    pad = width - ids.shape[0]
+    ids_p = torch.cat([ids, torch.full((pad,), torch.iinfo(torch.long).min, device=ids.device, dtype=ids.dtype)])
+    losses_p = torch.cat([losses, torch.zeros(pad, device=losses.device, dtype=losses.dtype)])
+    all_ids = acc.gather(ids_p)
+    all_losses = acc.gather(losses_p)
+    all_sum = acc.gather(torch.tensor([loss_sum], device=acc.device, dtype=torch.float64)).sum().item()
+    keep = all_ids != torch.iinfo(torch.long).min
+    return all_ids[keep], all_losses[keep], all_sum
