@@ -66,7 +66,7 @@ class StrategyContext:
     tokenizer: Any = None
     device: Any = None
     run_dir: Any = None  # pathlib.Path where a strategy may keep large state (e.g. GeRe references)
-    # evaluate(model, task_index, examples) -> accuracy in [0, 1]; counts its own tokens
+    # evaluate(task_index, examples) -> accuracy in [0, 1]; counts its own tokens
     evaluate: Callable[..., float] | None = None
     # forward-only per-sample losses for a list of samples (counts extra_forward_tokens)
     sample_losses: Callable[[list["Sample"]], np.ndarray] | None = None
