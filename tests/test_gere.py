@@ -14,7 +14,6 @@ from forgetless.data.task import Sample
 from forgetless.errors import InputError
 from forgetless.replay.base import REGISTRY, StrategyContext, WorkCounters
 from forgetless.replay.gere import (
-from forgetless.train import collate
     GeRe,
     ReferenceStore,
     RunningStats,
@@ -29,6 +28,7 @@ from forgetless.train import collate
     reference_topk,
     tm_loss,
 )
+from forgetless.train import collate
 
 TP = torch.tensor([1.0])
 TN = torch.tensor([-1.0])
