@@ -21,10 +21,10 @@ from forgetless.state import atomic_write_bytes, atomic_write_text
 
 # columns of the comparison: (key in a run summary, header, digits)
 COLUMNS = [
-    ("ap", "AP", 3), ("bwt", "BWT", 3), ("fwt", "FWT", 3), ("forgetting", "forgetting", 3),
-    ("ppl_end", "general ppl", 2), ("replay_tokens", "replay tokens", 0),
-    ("extra_forward_tokens", "extra fwd tokens", 0), ("eval_tokens", "eval tokens", 0),
-    ("wall_s", "wall-clock s", 1), ("overhead", "× uniform time", 2),
+    ("ap", "AP", 3), ("bwt", "BWT", 3), ("fwt", "FWT", 3), ("forgetting", "forget", 3),
+    ("ppl_end", "gen ppl", 1), ("replay_tokens", "replay tok", 0),
+    ("extra_forward_tokens", "extra tok", 0), ("eval_tokens", "eval tok", 0),
+    ("wall_s", "time s", 1), ("overhead", "×uniform", 2),
 ]
 
 

@@ -91,6 +91,8 @@ class Run:
         check_names(cfg.replay.strategies)
         self.accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=not torch.cuda.is_available())
         set_seed(cfg.seed)
+        if self.accelerator.device.type == "cpu":
+            torch.set_num_threads(cfg.train.cpu_threads)
         if self.accelerator.num_processes > 1 and cfg.train.batch_size < self.accelerator.num_processes:
             raise InputError("train.batch_size must be at least the number of processes")
         self.stream = load_stream(cfg.data, cfg.seed)

@@ -1,0 +1,48 @@
+"""Tasks and task streams: built-in tasks, user task files, tokenization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from forgetless.config import DataConfig, TaskFileConfig
+from forgetless.data.task import KINDS, Example, Sample, Task, TaskStream
+from forgetless.errors import InputError
+
+__all__ = ["KINDS", "Example", "Sample", "Task", "TaskStream", "load_task", "load_stream"]
+
+
+def load_task(spec: str | TaskFileConfig, seed: int = 0) -> Task:
+    """A built-in task name, a task file path, or a TaskFileConfig."""
+    from forgetless.data.builtin import BUILTIN, build_builtin
+    from forgetless.data.loaders import load_task_file
+
+    if isinstance(spec, TaskFileConfig):
+        return load_task_file(spec, seed)
+    if spec in BUILTIN:
+        return build_builtin(spec, seed)
+    if Path(spec).exists():
+        return load_task_file(TaskFileConfig(path=spec), seed)
+    raise InputError(f"{spec!r} is neither a built-in task ({', '.join(BUILTIN)}) nor an existing file",
+                     field="data.tasks")
+
+
+def load_stream(data_cfg: DataConfig, seed: int) -> TaskStream:
+    """Tasks in training order, capped at ``n_train`` / ``n_test`` examples each."""
+    tasks = [load_task(s, seed) for s in data_cfg.tasks]
+    if not tasks:
+        raise InputError("no tasks given", field="data.tasks")
+    names = [t.name for t in tasks]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise InputError(f"duplicate task names {dups}; give file tasks a distinct 'name'", field="data.tasks")
+    if data_cfg.order is not None:
+        if sorted(data_cfg.order) != list(range(len(tasks))):
+            raise InputError(f"must be a permutation of 0..{len(tasks) - 1}, got {data_cfg.order}",
+                             field="data.order")
+        tasks = [tasks[i] for i in data_cfg.order]
+    for t in tasks:
+        if data_cfg.n_train is not None:
+            t.train = t.train[: data_cfg.n_train]
+        if data_cfg.n_test is not None:
+            t.test = t.test[: data_cfg.n_test]
+    return TaskStream(tasks=tasks)

@@ -1,0 +1,45 @@
+"""The built-in offline task suite: real data shipped with Python or installed packages
+(unicodedata, pycountry, calendar) plus procedurally generated reasoning tasks.
+
+Every task is solvable by a rule learned from its training split (test prompts never occur in
+training), and tasks that share a prompt format but need a different rule (first_word /
+last_word, add / compare) interfere, so sequential fine-tuning forgets. Targets start with a
+space so they tokenize like words in running text after the prompt's separator.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from forgetless.data.builtin import calendar_tasks, countries, numbers, unicode_tasks, words
+from forgetless.data.task import Task
+from forgetless.errors import InputError
+
+Builder = Callable[[int], Task]
+
+BUILTIN: dict[str, Builder] = {
+    "first_word": words.first_word,
+    "last_word": words.last_word,
+    "add": numbers.add,
+    "compare": numbers.compare,
+    "unicode_letter": unicode_tasks.unicode_letter,
+    "country_code": countries.country_code,
+    "month_name": calendar_tasks.month_name,
+    "days_in_month": calendar_tasks.days_in_month,
+}
+
+
+def build_builtin(name: str, seed: int = 0) -> Task:
+    """The built-in task ``name``; the same seed always gives the same examples."""
+    if name not in BUILTIN:
+        raise InputError(f"unknown built-in task {name!r}; known: {', '.join(BUILTIN)}", field="tasks")
+    return BUILTIN[name](seed)
+
+
+def describe_tasks(seed: int = 0) -> list[dict]:
+    rows = []
+    for name in BUILTIN:
+        t = build_builtin(name, seed)
+        rows.append({"name": t.name, "kind": t.kind, "n_train": len(t.train), "n_test": len(t.test),
+                     "source": t.source})
+    return rows

@@ -1,0 +1,250 @@
+"""User task files: JSONL, JSON, CSV, Parquet, and Hugging Face datasets saved with
+``save_to_disk`` (read with pyarrow, so ``datasets`` is not needed).
+
+Accepted fields (after the ``fields`` renaming, ours -> the file's column):
+- generation: ``prompt`` + ``target``, or Alpaca ``instruction`` + ``input`` + ``output``
+  (prompt = instruction, plus "\\n" + input when input is non-empty);
+- multiple choice: ``question`` (or ``prompt``) + ``choices`` (a list; in CSV a JSON list) +
+  ``answer`` (the index, or the text of the right choice).
+The kind is inferred from the first record (``choices`` present -> multiple choice) unless given.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any, Iterator
+
+from forgetless.config import TaskFileConfig
+from forgetless.data.task import Example, Task
+from forgetless.errors import InputError
+
+Record = tuple[int | None, dict]  # (1-based line for JSONL/CSV, else None; the record)
+
+
+def _jsonl(path: Path) -> Iterator[Record]:
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"malformed JSON ({e.msg})", file=str(path), line=i) from None
+            if not isinstance(rec, dict):
+                raise InputError("each line must be a JSON object", file=str(path), line=i)
+            yield i, rec
+
+
+def _json(path: Path) -> Iterator[Record]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON ({e.msg})", file=str(path), line=e.lineno) from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise InputError("a JSON task file must hold a list of objects", file=str(path))
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise InputError(f"record {i} is not an object", file=str(path))
+        yield None, rec
+
+
+def _csv(path: Path) -> Iterator[Record]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        start = 2
+        for rec in reader:
+            yield start, rec
+            start = reader.line_num + 1
+
+
+def _table_records(table) -> Iterator[Record]:
+    for rec in table.to_pylist():
+        yield None, rec
+
+
+def _parquet(path: Path) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise InputError(f"not a readable Parquet file ({e})", file=str(path)) from None
+    return _table_records(table)
+
+
+def _arrow_dir(path: Path):
+    """One split saved by ``Dataset.save_to_disk``: the .arrow files are Arrow IPC streams."""
+    import pyarrow as pa
+
+    files = []
+    state = path / "state.json"
+    if state.is_file():
+        files = [path / f["filename"] for f in json.loads(state.read_text()).get("_data_files", [])]
+    if not files:
+        files = sorted(path.glob("*.arrow"))
+    if not files:
+        raise InputError("no .arrow files (expected a dataset saved with save_to_disk)", file=str(path))
+    tables = []
+    for f in files:
+        try:
+            with pa.ipc.open_stream(f) as reader:
+                tables.append(reader.read_all())
+        except pa.ArrowInvalid:
+            with pa.ipc.open_file(f) as reader:
+                tables.append(reader.read_all())
+    return pa.concat_tables(tables)
+
+
+def read_splits(path: str | Path) -> dict[str, list[Record]]:
+    """The records of a file, by split. Plain files have one split, ``"all"``; a saved
+    DatasetDict has its own split names."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError("task file not found", file=str(p))
+    if p.is_dir():
+        dd = p / "dataset_dict.json"
+        if dd.is_file():
+            splits = json.loads(dd.read_text()).get("splits", [])
+            return {s: list(_table_records(_arrow_dir(p / s))) for s in splits}
+        return {"all": list(_table_records(_arrow_dir(p)))}
+    suffix = p.suffix.lower()
+    readers = {".jsonl": _jsonl, ".ndjson": _jsonl, ".json": _json, ".csv": _csv,
+               ".parquet": _parquet, ".pq": _parquet}
+    if suffix not in readers:
+        raise InputError(f"unknown task file type {suffix!r}; use one of {', '.join(readers)} "
+                         "or a directory saved with save_to_disk", file=str(p))
+    return {"all": list(readers[suffix](p))}
+
+
+def _rename(rec: dict, fields: dict[str, str]) -> dict:
+    if not fields:
+        return rec
+    out = dict(rec)
+    for ours, theirs in fields.items():
+        if theirs in rec:
+            out[ours] = rec[theirs]
+    return out
+
+
+def infer_kind(rec: dict) -> str:
+    return "multiple_choice" if "choices" in rec else "generation"
+
+
+def _text(rec: dict, key: str, err) -> str:
+    if key not in rec or rec[key] is None:
+        raise err("missing field", key)
+    v = rec[key]
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise err(f"must be a string, got {type(v).__name__}", key)
+    return str(v)
+
+
+def to_example(rec: dict, kind: str, file: str, line: int | None, index: int) -> Example:
+    """One record -> Example, with an error naming file, line (or record) and field."""
+    def err(msg: str, field: str) -> InputError:
+        return InputError(msg if line is not None else f"record {index}: {msg}", file=file, line=line, field=field)
+
+    if kind == "multiple_choice":
+        qkey = "question" if "question" in rec else "prompt"
+        if qkey not in rec:
+            raise err("missing field", "question")
+        prompt = rec[qkey]
+        if not isinstance(prompt, str):
+            raise err(f"must be a string, got {type(prompt).__name__}", qkey)
+        if "choices" not in rec or rec["choices"] is None:
+            raise err("missing field", "choices")
+        choices = rec["choices"]
+        if isinstance(choices, str):  # CSV: a JSON list in a cell
+            try:
+                choices = json.loads(choices)
+            except json.JSONDecodeError:
+                raise err("must be a list (in CSV: a JSON list)", "choices") from None
+        if not isinstance(choices, (list, tuple)):
+            raise err(f"must be a list, got {type(choices).__name__}", "choices")
+        if not choices:
+            raise err("empty choices", "choices")
+        choices = tuple(str(c) for c in choices)
+        if "answer" not in rec or rec["answer"] is None:
+            raise err("missing field", "answer")
+        ans: Any = rec["answer"]
+        if isinstance(ans, str) and ans not in choices:
+            if ans.strip().lstrip("-").isdigit():
+                ans = int(ans)
+            else:
+                raise err(f"answer text {ans!r} is not among the choices", "answer")
+        if isinstance(ans, str):
+            ans = choices.index(ans)
+        elif isinstance(ans, bool) or not isinstance(ans, int):
+            raise err(f"must be an index or the text of a choice, got {type(ans).__name__}", "answer")
+        if not 0 <= ans < len(choices):
+            raise err(f"answer index {ans} out of range for {len(choices)} choices", "answer")
+        return Example(prompt=prompt, target=choices[ans], choices=choices, answer=ans)
+
+    if "prompt" in rec:
+        prompt = rec["prompt"]
+        if not isinstance(prompt, str):
+            raise err(f"must be a string, got {type(prompt).__name__}", "prompt")
+        target = _text(rec, "target" if "target" in rec or "output" not in rec else "output", err)
+    elif "instruction" in rec:
+        instr = rec["instruction"]
+        if not isinstance(instr, str):
+            raise err(f"must be a string, got {type(instr).__name__}", "instruction")
+        extra = rec.get("input") or ""
+        if not isinstance(extra, str):
+            raise err(f"must be a string, got {type(extra).__name__}", "input")
+        prompt = instr + ("\n" + extra if extra else "")
+        target = _text(rec, "output", err)
+    else:
+        raise err("missing field (or 'instruction' for Alpaca-style files)", "prompt")
+    if target == "":
+        raise err("empty target", "target")
+    return Example(prompt=prompt, target=target)
+
+
+def _examples(records: list[Record], kind: str, file: str, fields: dict[str, str]) -> list[Example]:
+    return [to_example(_rename(rec, fields), kind, file, line, i) for i, (line, rec) in enumerate(records)]
+
+
+def load_task_file(cfg: TaskFileConfig, seed: int = 0) -> Task:
+    """A user task. Without ``test_path`` (or a test split in a saved DatasetDict), a
+    ``test_fraction`` of the shuffled records (shuffled with ``seed``) is held out."""
+    path = Path(cfg.path)
+    file = str(path)
+    splits = read_splits(path)
+    test_records: list[Record] | None = None
+    if "all" in splits:
+        records = splits["all"]
+    else:
+        train_name = "train" if "train" in splits else next(iter(splits), None)
+        if train_name is None:
+            raise InputError("the dataset has no splits", file=file)
+        records = splits[train_name]
+        test_name = next((s for s in ("test", "validation") if s in splits and s != train_name), None)
+        if test_name is not None:
+            test_records = splits[test_name]
+    if not records:
+        raise InputError("empty task: no examples", file=file)
+    kind = cfg.kind or infer_kind(_rename(records[0][1], cfg.fields))
+    train = _examples(records, kind, file, cfg.fields)
+    rng = random.Random(seed)
+    rng.shuffle(train)
+    if cfg.test_path is not None:
+        tsplits = read_splits(cfg.test_path)
+        test_records = tsplits.get("test") or tsplits.get("all") or next(iter(tsplits.values()), [])
+        if not test_records:
+            raise InputError("empty test file: no examples", file=cfg.test_path)
+        test = _examples(test_records, kind, cfg.test_path, cfg.fields)
+    elif test_records is not None:
+        test = _examples(test_records, kind, file, cfg.fields)
+    else:
+        if len(train) < 2:
+            raise InputError("need at least 2 examples to split off a test set (or give test_path)", file=file)
+        n_test = min(len(train) - 1, max(1, round(len(train) * cfg.test_fraction)))
+        train, test = train[n_test:], train[:n_test]
+    name = cfg.name or (path.name if path.is_dir() else path.stem)
+    return Task(name=name, kind=kind, train=train, test=test, source=file)

@@ -1,0 +1,120 @@
+import calendar
+import json
+import re
+
+import pycountry
+import pytest
+
+from forgetless.config import DataConfig, TaskFileConfig
+from forgetless.data import load_stream, load_task
+from forgetless.data.builtin import BUILTIN, build_builtin, describe_tasks
+from forgetless.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return {name: build_builtin(name, seed=0) for name in BUILTIN}
+
+
+def test_describe_tasks(suite):
+    rows = describe_tasks(seed=0)
+    assert [r["name"] for r in rows] == list(BUILTIN)
+    for r in rows:
+        assert set(r) == {"name", "kind", "n_train", "n_test", "source"}
+        assert r["n_train"] == len(suite[r["name"]].train) and r["source"]
+    assert {r["kind"] for r in rows} == {"generation", "multiple_choice"}
+    assert len(rows) >= 6
+
+
+def test_sizes_separators_and_disjoint_splits(suite):
+    for name, t in suite.items():
+        assert t.name == name
+        assert len(t.train) >= 400 and len(t.test) >= 100, name
+        assert all(ex.prompt.endswith((" ->", " Answer:")) for ex in t.train + t.test), name
+        if name != "country_code":  # country_code repeats a country with other distractors
+            assert not {ex.prompt for ex in t.test} & {ex.prompt for ex in t.train}, name
+
+
+def test_multiple_choice_invariants(suite):
+    for t in suite.values():
+        for ex in t.train + t.test:
+            if t.kind == "multiple_choice":
+                assert ex.choices and ex.target == ex.choices[ex.answer] and len(set(ex.choices)) == len(ex.choices)
+            else:
+                assert ex.choices is None and ex.answer is None
+
+
+def test_answers_follow_the_rule(suite):
+    for ex in suite["first_word"].test:
+        assert ex.target == " " + ex.prompt.split(": ")[1].split()[0]
+    for ex in suite["last_word"].test:
+        assert ex.target == " " + ex.prompt.split()[-2]
+    for ex in suite["add"].test:
+        a, b = map(int, re.findall(r"\d+", ex.prompt))
+        assert int(ex.target) == a + b
+    for ex in suite["compare"].test:
+        assert int(ex.target) == max(map(int, re.findall(r"\d+", ex.prompt)))
+    for ex in suite["month_name"].test:
+        assert ex.target.strip() == ["January", "February", "March", "April", "May", "June", "July",
+                                     "August", "September", "October", "November", "December"][int(ex.prompt[14:16]) - 1]
+    months = list(calendar.month_name)
+    for ex in suite["days_in_month"].train:
+        m, y = ex.prompt.split()[2:4]
+        assert int(ex.target) == calendar.monthrange(int(y), months.index(m))[1]
+    by_alpha2 = {c.alpha_2: c.alpha_3 for c in pycountry.countries}
+    for ex in suite["country_code"].test:
+        assert ex.target == " " + by_alpha2[ex.prompt.split()[2]]
+    assert {ex.target for ex in suite["unicode_letter"].train} >= {" a", " z"}
+    for ex in suite["unicode_letter"].test:
+        assert ex.target == " " + ex.prompt.split(" letter ")[1].split()[0]
+
+
+def test_deterministic_for_a_seed():
+    for name in BUILTIN:
+        a, b = build_builtin(name, seed=3), build_builtin(name, seed=3)
+        assert a.train == b.train and a.test == b.test
+    assert build_builtin("add", seed=1).train != build_builtin("add", seed=2).train
+
+
+def test_unknown_builtin_lists_known():
+    with pytest.raises(InputError, match="first_word"):
+        build_builtin("nope")
+    with pytest.raises(InputError, match="neither"):
+        load_task("nope")
+
+
+def test_load_task_specs(tmp_path):
+    assert load_task("compare").name == "compare"
+    f = tmp_path / "mine.jsonl"
+    f.write_text("".join(json.dumps({"prompt": f"p{i}", "target": "t"}) + "\n" for i in range(10)))
+    assert load_task(str(f)).name == "mine"
+    assert load_task(TaskFileConfig(path=str(f), name="x")).name == "x"
+
+
+def test_load_stream_order_caps_and_errors(tmp_path):
+    cfg = DataConfig(tasks=["first_word", "compare", "month_name"], order=[2, 0, 1], n_train=7, n_test=3)
+    s = load_stream(cfg, seed=0)
+    assert s.names == ["month_name", "first_word", "compare"]
+    assert all(len(t.train) == 7 and len(t.test) == 3 for t in s.tasks)
+    assert s.tasks[1].train == build_builtin("first_word", 0).train[:7]
+    with pytest.raises(InputError, match="permutation"):
+        load_stream(DataConfig(tasks=["first_word", "compare"], order=[0, 0]), seed=0)
+    with pytest.raises(InputError, match="permutation"):
+        load_stream(DataConfig(tasks=["first_word", "compare"], order=[0]), seed=0)
+    with pytest.raises(InputError, match="duplicate"):
+        load_stream(DataConfig(tasks=["compare", "compare"]), seed=0)
+
+
+def test_default_tasks_are_builtin():
+    assert all(t in BUILTIN for t in DataConfig().tasks)
+
+
+def test_cli_data_list_and_show():
+    from typer.testing import CliRunner
+
+    from forgetless.cli import app
+
+    r = CliRunner().invoke(app, ["data", "list", "--json"])
+    assert r.exit_code == 0 and [x["name"] for x in json.loads(r.stdout)] == list(BUILTIN)
+    r = CliRunner().invoke(app, ["data", "show", "compare", "-n", "2"])
+    assert r.exit_code == 0 and "choices" in r.stdout
