@@ -141,28 +141,55 @@ def write_plots(out: Path, rows: list[dict], results: list[dict]) -> None:
     save(fig, "accuracy_matrices.png")
 
 
+def _run_one(cfg_json: dict, runs_dir: str, progress: bool) -> dict:
+    """One grid cell; a top-level function so worker processes can run it."""
+    from forgetless.config import Config as _Config
+
+    return experiment.run(_Config.model_validate(cfg_json), runs_dir, resume=True, progress=progress)
+
+
 def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int = 1, out: Path,
-          progress: bool = True, on_run: Callable[[int, int, dict], None] | None = None) -> dict:
-    """Run the grid (skipping finished runs) and write bench.json, bench.md and plots under ``out``."""
+          jobs: int = 1, progress: bool = True, on_run: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Run the grid (skipping finished runs) and write bench.json, bench.md and plots under ``out``.
+
+    ``jobs`` > 1 runs that many runs at once in worker processes (each with ``train.cpu_threads``
+    threads): the demo uses 2 on a 2-core machine. Wall-clock ratios are then measured under that
+    shared load; use jobs=1 for timing comparisons.
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
     from forgetless.replay.compose import check_names
 
     for s in strategies:
         check_names(s.split("+"))
     out = Path(out)
     grid = [(o, s, seed) for o in range(orders) for s in strategies for seed in seeds]
-    results, t_start = [], time.perf_counter()
-    for i, (o, s, seed) in enumerate(grid):
-        n_tasks = len(cfg.data.tasks)
+    cells = []
+    for o, s, seed in grid:
         run_cfg = cfg.model_copy(deep=True)
         run_cfg.name = run_name(s, seed, o)
         run_cfg.seed = seed
         run_cfg.replay.strategy = s
-        run_cfg.data.order = cfg.data.order if o == 0 else task_order(n_tasks, o)
-        res = experiment.run(run_cfg, out / "runs", resume=True, progress=progress)
+        run_cfg.data.order = cfg.data.order if o == 0 else task_order(len(cfg.data.tasks), o)
+        cells.append(run_cfg.model_dump(mode="json"))
+    results: list[dict | None] = [None] * len(grid)
+    t_start = time.perf_counter()
+    if jobs <= 1:
+        for i, c in enumerate(cells):
+            results[i] = _run_one(c, str(out / "runs"), progress)
+            if on_run is not None:
+                on_run(i + 1, len(grid), results[i])
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_run_one, c, str(out / "runs"), False): i for i, c in enumerate(cells)}
+            for done, fut in enumerate(as_completed(futures), start=1):
+                i = futures[fut]
+                results[i] = fut.result()
+                if on_run is not None:
+                    on_run(done, len(grid), results[i])
+    for (o, _, _), res in zip(grid, results):
         res["order_index"] = o
-        results.append(res)
-        if on_run is not None:
-            on_run(i + 1, len(grid), res)
     summaries = [summarize(r) | {"order": r["order_index"]} for r in results]
     rows = aggregate(summaries, strategies)
     payload = {"config": cfg.model_dump(mode="json"), "strategies": strategies, "seeds": seeds, "orders": orders,
@@ -183,20 +210,30 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
 
 
 DEMO_STRATEGIES = ["none", "joint", "uniform", "fixed", "loss_triggered", "accuracy_triggered", "mssr", "gere", "gere+mssr"]
-QUICK_STRATEGIES = ["none", "uniform", "mssr"]
+QUICK_STRATEGIES = ["none", "uniform"]
 
 
 def demo_config(quick: bool = False) -> Config:
-    """The demo: bundled tiny model, built-in suite, every strategy at one replay budget."""
+    """The demo: bundled tiny model, built-in suite, every strategy at one replay budget.
+
+    Full fine-tuning, not LoRA: on the 4M-parameter tiny model LoRA (r 16..64, lr 2e-3..1e-2)
+    reached at most 0.2 accuracy on first_word in 120 steps, full fine-tuning at lr 1e-3 0.72, so
+    only full fine-tuning learns (and forgets) within a demo's minutes. Real models use LoRA.
+    """
     from forgetless.config import from_dict
 
     raw = {
         "name": "demo",
-        "data": {"tasks": ["first_word", "last_word", "unicode_letter", "compare"], "n_test": 100},
-        "train": {"steps_per_task": 100, "batch_size": 16, "lr": 2e-3},
-        "replay": {"budget": 0.25, "memory": {"size": 400}, "gere": {"n_samples": 200, "seq_len": 128}},
+        "model": {"lora": {"enabled": False}},
+        "data": {"tasks": ["unicode_letter", "first_word", "last_word"], "n_test": 60, "general_texts": 45},
+        "train": {"steps_per_task": 100, "batch_size": 16, "lr": 1e-3},
+        # GeRe weight 1, not the paper's 100: on the tiny model 100 and "dynamic" kept general
+        # perplexity but stopped task learning (AP 0.02); 1 learned the tasks (AP 0.17) with
+        # perplexity 196 instead of 20,671 for no replay (demo config, seed 0)
+        "replay": {"budget": 0.25, "memory": {"size": 300},
+                   "gere": {"n_samples": 200, "seq_len": 128, "weight": 1.0}},
     }
     if quick:
-        raw["data"] = {"tasks": ["first_word", "last_word"], "n_test": 50}
-        raw["train"]["steps_per_task"] = 60
+        raw["data"].update({"tasks": ["first_word", "last_word"], "n_test": 40, "general_texts": 16})
+        raw["train"]["steps_per_task"] = 100
     return from_dict(raw, "demo config")

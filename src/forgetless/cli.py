@@ -57,13 +57,16 @@ def data_show(task: str = typer.Argument(..., help="Built-in task name, or a tas
 def _metrics_table(rows: list[dict], title: str) -> Table:
     from forgetless.bench import COLUMNS
 
+    # the terminal table keeps the columns people compare first; bench.md has them all
+    keep = ("ap", "bwt", "forgetting", "ppl_end", "replay_tokens", "wall_s", "overhead")
+    cols = [c for c in COLUMNS if c[0] in keep]
     table = Table(title=title)
-    table.add_column("strategy")
-    for _, head, _ in COLUMNS:
-        table.add_column(head, justify="right")
+    table.add_column("strategy", no_wrap=True)
+    for _, head, _ in cols:
+        table.add_column(head, justify="right", no_wrap=True)
     for r in rows:
         cells = []
-        for key, _, d in COLUMNS:
+        for key, _, d in cols:
             v, s = r.get(key), r.get(key + "_std")
             cells.append("–" if v is None else (f"{v:,.{d}f}" if not s or r.get("n_runs", 1) < 2 else f"{v:,.{d}f}±{s:,.{d}f}"))
         table.add_row(r["strategy"], *cells)
@@ -91,6 +94,7 @@ def run(config: str = typer.Argument(..., help="YAML config file."),
 @app.command()
 def demo(quick: bool = typer.Option(False, "--quick", help="Fewer tasks, steps and strategies (about a minute)."),
          output: str = typer.Option("runs/demo", "--output", help="Where the demo's runs, table and plots go."),
+         jobs: int = typer.Option(2, "--jobs", help="Runs at once (one CPU thread each)."),
          quiet: bool = typer.Option(False, "--quiet")) -> None:
     """Every strategy on the bundled tiny model and the built-in suite: forgetting and its cure."""
     from pathlib import Path
@@ -107,7 +111,7 @@ def demo(quick: bool = typer.Option(False, "--quick", help="Fewer tasks, steps a
         m = res["metrics"]
         console.print(f"[{i}/{n}] {res['strategy']:<20} AP {m['ap']:.3f}  BWT {m['bwt']:.3f}")
 
-    payload = bench.bench(cfg, strategies, [cfg.seed], out=out, progress=not quiet, on_run=on_run)
+    payload = bench.bench(cfg, strategies, [cfg.seed], out=out, jobs=jobs, progress=not quiet, on_run=on_run)
     console.print(_metrics_table(payload["rows"], "forgetting and its cure (tiny model, built-in tasks)"))
     console.print(f"table: {out / 'bench.md'}  plots: {out / 'plots'}")
 
@@ -121,6 +125,7 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
               orders: int = typer.Option(1, help="Task orders: the listed one plus N-1 random ones."),
               set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
               output: Optional[str] = typer.Option(None, "--output", help="Bench directory (default bench/<name>)."),
+              jobs: int = typer.Option(1, "--jobs", help="Runs at once; 1 keeps wall-clock ratios clean."),
               quiet: bool = typer.Option(False, "--quiet")) -> None:
     """Compare strategies over seeds (and task orders) at equal replay budget; resumable."""
     from pathlib import Path
@@ -141,7 +146,7 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
         console.print(f"[{i}/{n}] {res['strategy']} seed {res['seed']}: AP {res['metrics']['ap']:.3f}  "
                       f"(elapsed {el:.0f}s, ETA {el / i * (n - i):.0f}s)")
 
-    payload = bench.bench(cfg, names, list(range(seeds)), orders=orders, out=out, progress=not quiet, on_run=on_run)
+    payload = bench.bench(cfg, names, list(range(seeds)), orders=orders, out=out, jobs=jobs, progress=not quiet, on_run=on_run)
     console.print(_metrics_table(payload["rows"], f"bench {out}"))
     console.print(f"table: {out / 'bench.md'}")
 

@@ -120,7 +120,7 @@ class MSSRConfig(_Strict):
     floor: float = Field(0.01, ge=0, lt=1)  # share of the weight mass spread uniformly
     # scheduler
     gap0: int = Field(1, ge=1)
-    growth: float = Field(1.5, gt=1)
+    growth: float = Field(1.2, gt=1)  # 1.5 left the last ~25% of a task without replay (docs/mssr.md)
     ratio0: float = Field(1.0, gt=0)
     ratio_floor: float = Field(0.1, ge=0)
     decay: Literal["exp", "inverse"] = "exp"
@@ -140,7 +140,7 @@ class GeReConfig(_Strict):
     seq_len: int = Field(563, ge=8)
     source: str | None = None  # JSONL (field "text") or plain-text file; None: the tiny model's corpus
     loss: Literal["ce", "tm", "kl", "l1", "l2"] = "tm"
-    weight: Literal["1", "100", "dynamic"] = "100"
+    weight: float | Literal["dynamic"] = 100.0  # the paper's 1 or 100 (default), or CE / aux
     k: float = Field(1.0, gt=0)  # band half-width in standard deviations
     kl_temperature: float = Field(2.0, gt=0)
     kl_top_k: int = Field(32, ge=1)

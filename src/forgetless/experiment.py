@@ -280,7 +280,7 @@ class Run:
                             progress.update(bar, advance=1, loss=s.loss, share=s.replay_share, tps=s.tokens_per_s)
 
                     t0 = time.perf_counter()
-                    self.strategy.on_task_start(task, t, self.global_step)
+                    self.strategy.on_task_start(task, t, self.global_step + 1)  # the step index of its first step
                     self.counters.time_replay_bookkeeping_s += time.perf_counter() - t0
                     loop = TaskLoop(self.model, acc, self.strategy, self.counters, self.cfg.train,
                                     self.tokenizer.pad_token_id, self.rng, self.replay_events, on_step)

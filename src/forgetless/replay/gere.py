@@ -163,17 +163,17 @@ def kl_loss(logits: torch.Tensor, ref_idx: torch.Tensor, ref_val: torch.Tensor, 
     return _masked_mean_tokens(kl, mask) * t * t
 
 
-def aux_weight(mode: str, ce: torch.Tensor | float | None, aux: torch.Tensor) -> torch.Tensor:
-    """Weight of the auxiliary loss: 1, 100, or dynamic CE / aux (no gradient through it)."""
-    if mode == "1":
-        return aux.new_tensor(1.0)
-    if mode == "100":
-        return aux.new_tensor(100.0)
+def aux_weight(mode: str | float, ce: torch.Tensor | float | None, aux: torch.Tensor) -> torch.Tensor:
+    """Weight of the auxiliary loss: a number (the paper's 1 or 100), or "dynamic" = CE / aux with
+    no gradient through it."""
     if mode == "dynamic":
         a = aux.detach()
         c = torch.as_tensor(ce, dtype=a.dtype, device=a.device).detach()
         return torch.where(a > 0, c / torch.where(a > 0, a, torch.ones_like(a)), torch.zeros_like(a))
-    raise ValueError(f"unknown GeRe weight {mode!r}; expected '1', '100' or 'dynamic'")
+    try:
+        return aux.new_tensor(float(mode))
+    except (TypeError, ValueError):
+        raise ValueError(f"unknown GeRe weight {mode!r}; expected a number or 'dynamic'") from None
 
 
 # ---- general samples ------------------------------------------------------------------------------

@@ -1,0 +1,169 @@
+"""End to end on the bundled tiny model: results, files, resume after a kill, errors, 2 processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from forgetless import experiment
+from forgetless.config import from_dict, load_config
+from forgetless.errors import InputError
+
+HELPERS = Path(__file__).parent / "helpers"
+RAW = {
+    "name": "t",
+    "data": {"tasks": ["first_word", "last_word"], "n_train": 48, "n_test": 12, "general_texts": 4},
+    "train": {"steps_per_task": 4, "batch_size": 8, "lr": 1e-3},
+    "eval": {"batch_size": 16},
+    "replay": {"strategy": "uniform", "memory": {"size": 24}, "uniform": {"ratio": 0.5}},
+}
+
+
+def _cfg(**over):
+    raw = json.loads(json.dumps(RAW))
+    for k, v in over.items():
+        node = raw
+        *path, last = k.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return from_dict(raw)
+
+
+def _write(tmp_path, cfg) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return p
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return env
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    result = experiment.run(_cfg(), out, progress=False)
+    return out / "t", result
+
+
+def test_results_fields_and_shapes(finished):
+    run_dir, r = finished
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["acc"] == r["acc"]
+    for key in ("tasks", "acc", "baseline_acc", "metrics", "general_ppl", "counters", "replay_events",
+                "strategy", "seed", "versions"):
+        assert key in saved, key
+    assert saved["tasks"] == ["first_word", "last_word"]
+    acc = np.asarray(saved["acc"])
+    assert acc.shape == (2, 2) and ((acc >= 0) & (acc <= 1)).all()
+    assert len(saved["baseline_acc"]) == 2
+    assert len(saved["general_ppl"]) == 3 and all(p > 1 for p in saved["general_ppl"])
+    assert set(saved["versions"]) >= {"python", "torch", "transformers", "peft", "forgetless"}
+    for k in ("ap", "bwt", "fwt", "forgetting", "learning_accuracy"):
+        assert k in saved["metrics"]
+    c = saved["counters"]
+    assert c["optimizer_steps"] == 8
+    assert c["new_task_tokens"] > 0 and c["eval_tokens"] > 0
+    # uniform replays 4 samples per step, only once a task is in memory (task 2)
+    assert [e["task"] for e in saved["replay_events"]] == [1] * 4
+    assert all(e["n_samples"] == 4 for e in saved["replay_events"])
+    assert c["replay_samples"] == 16 and c["replay_tokens"] > 0
+
+
+def test_run_directory_layout(finished):
+    run_dir, _ = finished
+    for name in ("config.yaml", "results.json", "accuracy_matrix.csv", "report.md", "log.jsonl",
+                 "plots/accuracy_matrix.png", "plots/task_accuracy.png"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["0", "1", "2"]
+    for k in ("0", "1", "2"):
+        assert (run_dir / "stages" / k / "trainable.safetensors").is_file()
+        assert (run_dir / "stages" / k / "strategy.json").is_file()
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == list(range(1, 9))
+    assert load_config(run_dir / "config.yaml") == _cfg()
+    csv = (run_dir / "accuracy_matrix.csv").read_text().splitlines()
+    assert csv[0] == "after_task,first_word,last_word" and len(csv) == 4
+
+
+def test_rerun_without_resume_refuses(finished):
+    run_dir, _ = finished
+    with pytest.raises(InputError, match="--resume"):
+        experiment.Run(_cfg(), run_dir, resume=False, progress=False).execute()
+
+
+def test_resume_with_other_config_refuses(finished, tmp_path):
+    run_dir, _ = finished
+    with pytest.raises(InputError, match="differs"):
+        experiment.Run(_cfg(**{"train.lr": 5e-4}), run_dir, resume=True, progress=False).execute()
+
+
+def test_resume_after_kill_equals_uninterrupted(finished, tmp_path):
+    _, full = finished
+    cfg_path = _write(tmp_path, _cfg())
+    out = tmp_path / "killed"
+    p = subprocess.run([sys.executable, str(HELPERS / "kill_after_stage.py"), str(cfg_path), str(out), "1"],
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == -9, p.stderr[-2000:]
+    run_dir = out / "t"
+    assert (run_dir / "stages" / "1").is_dir() and not (run_dir / "stages" / "2").exists()
+    assert not (run_dir / "results.json").exists()
+    resumed = experiment.run(load_config(cfg_path), out, resume=True, progress=False)
+    assert resumed["acc"] == full["acc"]
+    assert resumed["baseline_acc"] == full["baseline_acc"]
+    assert resumed["general_ppl"] == pytest.approx(full["general_ppl"], rel=1e-9)
+    assert resumed["replay_events"] == full["replay_events"]
+    for k, v in full["counters"].items():
+        if not k.startswith("time_"):
+            assert resumed["counters"][k] == v, k
+    from safetensors.numpy import load_file
+
+    a = load_file(str(finished[0] / "stages" / "2" / "trainable.safetensors"))
+    b = load_file(str(run_dir / "stages" / "2" / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    log = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert log == list(range(1, 9))
+
+
+@pytest.mark.parametrize("override, field", [
+    ("replay.strategy=nope", "replay.strategy"),
+    ("replay.memory.policy=fifo", "replay.memory.policy"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("data.tasks=[no_such_task]", "no_such_task"),
+])
+def test_bad_config_one_line_exit_2(tmp_path, override, field):
+    cfg_path = _write(tmp_path, _cfg())
+    p = subprocess.run([sys.executable, "-m", "forgetless", "run", str(cfg_path), "--set", override,
+                        "--output", str(tmp_path / "o"), "--quiet"],
+                       env=_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and field in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "o" / "t" / "stages").exists()
+
+
+def test_two_processes_share_strategy_state(tmp_path):
+    cfg = _cfg(**{"replay.strategy": "mssr", "name": "mp"})
+    cfg_path = _write(tmp_path, cfg)
+    out = tmp_path / "mp"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(HELPERS / "mp_worker.py"), str(cfg_path), str(out)]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r0 = json.loads((out / "rank0.json").read_text())
+    r1 = json.loads((out / "rank1.json").read_text())
+    assert r0["n_processes"] == 2
+    assert r0["state"] == r1["state"]  # memory, strengths, scheduler, RNG: identical on both
+    assert r0["acc"] == r1["acc"] and r0["replay_events"] == r1["replay_events"]
+    assert r0["replay_events"], "mssr replayed during task 2"
+    saved = json.loads((out / "mp" / "results.json").read_text())
+    assert saved["n_processes"] == 2 and saved["acc"] == r0["acc"]
