@@ -15,16 +15,16 @@ from typing import Callable
 
 import numpy as np
 
-from forgetless import experiment
+from forgetless import experiment, metrics
 from forgetless.config import Config
 from forgetless.state import atomic_write_bytes, atomic_write_text
 
 # columns of the comparison: (key in a run summary, header, digits)
 COLUMNS = [
     ("ap", "AP", 3), ("bwt", "BWT", 3), ("fwt", "FWT", 3), ("forgetting", "forget", 3),
-    ("ppl_end", "gen ppl", 1), ("replay_tokens", "replay tok", 0),
+    ("ppl_end", "gen ppl", 1), ("hm_ga_ap", "HM(GA,AP)", 3), ("replay_tokens", "replay tok", 0),
     ("extra_forward_tokens", "extra tok", 0), ("eval_tokens", "eval tok", 0),
-    ("wall_s", "time s", 1), ("overhead", "×uniform", 2),
+    ("wall_s", "time s", 1), ("overhead", "× unif", 2),
 ]
 
 
@@ -42,10 +42,12 @@ def task_order(n_tasks: int, order_index: int) -> list[int]:
 def summarize(result: dict) -> dict:
     m, c = result["metrics"], result["counters"]
     ppl = result["general_ppl"]
+    ga = metrics.general_ability(ppl[0], ppl[-1]) if ppl and ppl[0] and ppl[-1] else None
     return {
         "strategy": result["strategy"], "seed": result["seed"], "tasks": result["tasks"],
         "ap": m.get("ap"), "bwt": m.get("bwt"), "fwt": m.get("fwt"), "forgetting": m.get("forgetting"),
-        "ppl_start": ppl[0], "ppl_end": ppl[-1], "general_ability": result.get("general_ability"),
+        "ppl_start": ppl[0], "ppl_end": ppl[-1], "general_ability": ga,
+        "hm_ga_ap": metrics.harmonic_mean(ga, m["ap"]) if ga is not None else None,
         "replay_tokens": c["replay_tokens"], "replay_samples": c["replay_samples"],
         "extra_forward_tokens": c["extra_forward_tokens"], "eval_tokens": c["eval_tokens"],
         "wall_s": c["time_train_s"] + c["time_replay_bookkeeping_s"] + c["time_eval_s"],

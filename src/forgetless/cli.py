@@ -54,6 +54,13 @@ def data_show(task: str = typer.Argument(..., help="Built-in task name, or a tas
         console.print(f"  [green]target:[/green] {ex.target!r}")
 
 
+def _num(v: float, digits: int) -> str:
+    """Short enough for an 80-column terminal: 27,666 -> 27.7k."""
+    if abs(v) >= 10_000:
+        return f"{v / 1000:.1f}k" if abs(v) < 1e6 else f"{v / 1e6:.1f}M"
+    return f"{v:.{digits}f}"
+
+
 def _metrics_table(rows: list[dict], title: str) -> Table:
     from forgetless.bench import COLUMNS
 
@@ -68,7 +75,7 @@ def _metrics_table(rows: list[dict], title: str) -> Table:
         cells = []
         for key, _, d in cols:
             v, s = r.get(key), r.get(key + "_std")
-            cells.append("–" if v is None else (f"{v:,.{d}f}" if not s or r.get("n_runs", 1) < 2 else f"{v:,.{d}f}±{s:,.{d}f}"))
+            cells.append("–" if v is None else (_num(v, d) if not s or r.get("n_runs", 1) < 2 else f"{_num(v, d)}±{_num(s, d)}"))
         table.add_row(r["strategy"], *cells)
     return table
 
@@ -95,6 +102,7 @@ def run(config: str = typer.Argument(..., help="YAML config file."),
 def demo(quick: bool = typer.Option(False, "--quick", help="Fewer tasks, steps and strategies (about a minute)."),
          output: str = typer.Option("runs/demo", "--output", help="Where the demo's runs, table and plots go."),
          jobs: int = typer.Option(2, "--jobs", help="Runs at once (one CPU thread each)."),
+         fresh: bool = typer.Option(False, "--fresh", help="Delete earlier demo runs first (they are reused otherwise)."),
          quiet: bool = typer.Option(False, "--quiet")) -> None:
     """Every strategy on the bundled tiny model and the built-in suite: forgetting and its cure."""
     from pathlib import Path
@@ -104,6 +112,10 @@ def demo(quick: bool = typer.Option(False, "--quick", help="Fewer tasks, steps a
     cfg = bench.demo_config(quick)
     strategies = bench.QUICK_STRATEGIES if quick else bench.DEMO_STRATEGIES
     out = Path(output) / ("quick" if quick else "full")
+    if fresh and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
     console.print(f"demo: {len(strategies)} strategies on {', '.join(cfg.data.tasks)} "
                   f"({cfg.train.steps_per_task} steps per task, tiny model) -> {out}")
 
@@ -118,9 +130,8 @@ def demo(quick: bool = typer.Option(False, "--quick", help="Fewer tasks, steps a
 
 @app.command("bench")
 def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (default: the demo config)."),
-              strategies: str = typer.Option(",".join(["none", "joint", "uniform", "fixed", "loss_triggered",
-                                                       "accuracy_triggered", "mssr", "gere", "gere+mssr"]),
-                                             help="Comma-separated strategies (a+b composes)."),
+              strategies: Optional[str] = typer.Option(None, help="Comma-separated strategies (a+b composes); "
+                                                       "default: all of them."),
               seeds: int = typer.Option(3, help="Seeds 0..N-1."),
               orders: int = typer.Option(1, help="Task orders: the listed one plus N-1 random ones."),
               set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
@@ -137,7 +148,7 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
         cfg = from_dict(apply_overrides(bench.demo_config().model_dump(mode="json"), set_), "demo config")
     else:
         cfg = load_config(config, set_)
-    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else list(bench.DEMO_STRATEGIES)
     out = Path(output) if output else Path("bench") / cfg.name
     t0 = __import__("time").perf_counter()
 

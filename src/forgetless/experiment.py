@@ -284,6 +284,7 @@ class Run:
                     self.counters.time_replay_bookkeeping_s += time.perf_counter() - t0
                     loop = TaskLoop(self.model, acc, self.strategy, self.counters, self.cfg.train,
                                     self.tokenizer.pad_token_id, self.rng, self.replay_events, on_step)
+                    self.ctx.extras["lr_scale"] = lambda step, loop=loop: loop.lr_factor
                     self.global_step = loop.run(t, self.stream.samples[t], self.steps[t], self.global_step)
                     t0 = time.perf_counter()
                     self.strategy.on_task_end(task, t, self.global_step)
@@ -306,6 +307,7 @@ class Run:
         acc = np.asarray(self.acc_rows, dtype=float)
         base = np.asarray(self.baseline, dtype=float)
         names = self.stream.names
+        ga = metrics.general_ability(self.ppl[0], self.ppl[-1]) if self.ppl and self.ppl[0] else None
         result: dict[str, Any] = {
             "name": self.cfg.name,
             "tasks": names,
@@ -314,6 +316,8 @@ class Run:
             "baseline_acc": base.tolist(),
             "metrics": _jsonable(metrics.compute(acc, base)),
             "general_ppl": self.ppl,
+            "general_ability": ga,
+            "hm_ga_ap": metrics.harmonic_mean(ga, float(acc[-1].mean())) if ga is not None else None,
             "counters": self.counters.as_dict(),
             "replay_events": self.replay_events,
             "steps_per_task": self.steps,

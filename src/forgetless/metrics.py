@@ -80,3 +80,14 @@ def harmonic_mean(a: float, b: float) -> float:
     if a == 0.0 or b == 0.0:
         return 0.0
     return 2.0 * a * b / (a + b)
+
+
+def general_ability(ppl_start: float, ppl_end: float) -> float:
+    """Share of the starting model's general-text likelihood kept: ppl_start / ppl_end, capped at 1.
+
+    ppl_start / ppl_end = exp(mean token log-likelihood now - at the start), i.e. the ratio of the
+    geometric-mean probabilities the model gives held-out general tokens (1: nothing lost).
+    """
+    if not (ppl_start > 0 and ppl_end > 0):
+        raise ValueError(f"perplexities must be positive, got {ppl_start!r}, {ppl_end!r}")
+    return min(1.0, float(ppl_start) / float(ppl_end))

@@ -67,7 +67,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def load_model(cfg: ModelConfig, device=None):
     """(model, tokenizer); the model carries LoRA adapters when ``cfg.lora.enabled``."""
+    import warnings
+
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per run for a 9 MB local load is noise in our own bars
+    # raised inside transformers when PEFT/accelerate query the old name; nothing for a user to act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     device = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")

@@ -136,6 +136,7 @@ class TaskLoop:
     rng: np.random.Generator  # loop RNG: task batches and merge order; identical on every process
     replay_events: list[dict] = field(default_factory=list)
     on_step: Callable[[StepLog], None] | None = None
+    lr_factor: float = 1.0  # this step's lr / base lr (MSSR's "lr" interference reads it)
 
     def run(self, task_index: int, samples: list[Sample], steps: int, global_step: int) -> int:
         acc = self.accelerator
@@ -152,6 +153,7 @@ class TaskLoop:
             t1 = time.perf_counter()
             merged = new + replay
             merged = [merged[i] for i in self.rng.permutation(len(merged))]  # every position possible
+            self.lr_factor = float(sched.get_last_lr()[0]) / self.cfg.lr
             if replay:
                 self.replay_events.append({"step": global_step, "task": task_index, "n_samples": len(replay)})
             log = self._train_step(merged, opt, sched)

@@ -24,7 +24,8 @@ from forgetless.errors import InputError
 Record = tuple[int | None, dict]  # (1-based line for JSONL/CSV, else None; the record)
 
 
-def _jsonl(path: Path) -> Iterator[Record]:
+def read_jsonl(path: Path) -> Iterator[Record]:
+    """(line, object) per non-blank line; InputError naming file and line on a bad one."""
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
@@ -113,7 +114,7 @@ def read_splits(path: str | Path) -> dict[str, list[Record]]:
             return {s: list(_table_records(_arrow_dir(p / s))) for s in splits}
         return {"all": list(_table_records(_arrow_dir(p)))}
     suffix = p.suffix.lower()
-    readers = {".jsonl": _jsonl, ".ndjson": _jsonl, ".json": _json, ".csv": _csv,
+    readers = {".jsonl": read_jsonl, ".ndjson": read_jsonl, ".json": _json, ".csv": _csv,
                ".parquet": _parquet, ".pq": _parquet}
     if suffix not in readers:
         raise InputError(f"unknown task file type {suffix!r}; use one of {', '.join(readers)} "

@@ -192,15 +192,27 @@ class JointReplay(BaseStrategy):
         self.pool = [s for t in self.ctx.stream.samples[: max(0, self.task_index)] for s in t]
 
 
+class _Scheduled(_MemoryStrategy):
+    """Replays on a fixed pattern; a budget sets the volume per replay (``rate``) at task start."""
+
+    rate: float | None = None
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "rate": self.rate}
+
+    def load_state_dict(self, d: dict) -> None:
+        super().load_state_dict(d)
+        self.rate = d["rate"]
+
+
 @register("uniform")
-class UniformReplay(_MemoryStrategy):
+class UniformReplay(_Scheduled):
     """Every step, ratio * batch_size memory samples (or budget / steps with a budget).
 
     Fractional volumes are carried over, so the total over n steps is floor(n * volume).
     """
 
     name = "uniform"
-    rate: float | None = None  # per-step volume set by a budget
 
     def _plan(self) -> None:
         self.rate = None
@@ -213,16 +225,9 @@ class UniformReplay(_MemoryStrategy):
         rate = self.rcfg.uniform.ratio * batch_size if self.rate is None else self.rate
         return self._draw(self.carry.take(rate))
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "rate": self.rate}
-
-    def load_state_dict(self, d: dict) -> None:
-        super().load_state_dict(d)
-        self.rate = d["rate"]
-
 
 @register("fixed")
-class FixedReplay(_MemoryStrategy):
+class FixedReplay(_Scheduled):
     """Fixed interleaved replay: ratio * batch_size memory samples on every ``interval``-th step.
 
     Events fall on calls 0, K, 2K, ... of each task (so every task with a step replays at least
@@ -231,7 +236,6 @@ class FixedReplay(_MemoryStrategy):
     """
 
     name = "fixed"
-    rate: float | None = None  # per-event volume set by a budget
 
     def _plan(self) -> None:
         self.rate = None
@@ -245,13 +249,6 @@ class FixedReplay(_MemoryStrategy):
             return None
         rate = self.rcfg.fixed.ratio * batch_size if self.rate is None else self.rate
         return self._draw(self.carry.take(rate))
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "rate": self.rate}
-
-    def load_state_dict(self, d: dict) -> None:
-        super().load_state_dict(d)
-        self.rate = d["rate"]
 
 
 class _Triggered(_MemoryStrategy):

@@ -184,21 +184,16 @@ def read_texts(source: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise InputError("general-text source not found", file=str(path), field="replay.gere.source")
     if path.suffix.lower() == ".jsonl":
+        from forgetless.data.loaders import read_jsonl
+
         docs = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"not valid JSON ({e.msg})", file=str(path), line=lineno) from None
-                if not isinstance(obj, dict) or "text" not in obj:
-                    raise InputError("missing field", file=str(path), line=lineno, field="text")
-                if not isinstance(obj["text"], str):
-                    raise InputError("must be a string", file=str(path), line=lineno, field="text")
-                if obj["text"].strip():
-                    docs.append(obj["text"])
+        for lineno, obj in read_jsonl(path):
+            if "text" not in obj:
+                raise InputError("missing field", file=str(path), line=lineno, field="text")
+            if not isinstance(obj["text"], str):
+                raise InputError("must be a string", file=str(path), line=lineno, field="text")
+            if obj["text"].strip():
+                docs.append(obj["text"])
         return docs
     text = path.read_text(encoding="utf-8")
     return [d.strip() for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]

@@ -1,0 +1,109 @@
+"""The bench grid, the CLI's report/data commands, and strategy-level end-to-end properties."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from forgetless import bench, experiment
+from forgetless.config import from_dict
+
+RAW = {
+    "name": "b",
+    "data": {"tasks": ["first_word", "last_word"], "n_train": 48, "n_test": 12, "general_texts": 4},
+    "train": {"steps_per_task": 6, "batch_size": 8, "lr": 1e-3},
+    "eval": {"batch_size": 16},
+    "replay": {"budget": 0.5, "memory": {"size": 24}},
+}
+
+
+def _cli(*args, cwd=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "forgetless", *args], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def test_bench_two_strategies_rows_and_skip_finished(tmp_path):
+    cfg = from_dict(RAW)
+    out = tmp_path / "bench"
+    seen = []
+    payload = bench.bench(cfg, ["none", "uniform"], [0], out=out, progress=False,
+                          on_run=lambda i, n, r: seen.append((i, n, r["strategy"])))
+    assert seen == [(1, 2, "none"), (2, 2, "uniform")]
+    saved = json.loads((out / "bench.json").read_text())
+    assert [r["strategy"] for r in saved["rows"]] == ["none", "uniform"]
+    assert len(saved["runs"]) == 2 and len(saved["results"]) == 2
+    rows = {r["strategy"]: r for r in payload["rows"]}
+    assert rows["none"]["replay_tokens"] == 0 and rows["uniform"]["replay_tokens"] > 0
+    assert rows["uniform"]["overhead"] == pytest.approx(1.0)
+    # budget 0.5 of 6 steps x 8 samples = 24 replay samples in task 2, within 5%
+    uni = next(r for r in saved["results"] if r["strategy"] == "uniform")
+    assert abs(uni["counters"]["replay_samples"] - 24) <= 0.05 * 24
+    md = (out / "bench.md").read_text()
+    assert "| none |" in md and "| uniform |" in md and "AP" in md
+    for name in ("ap_vs_replay_tokens.png", "task_accuracy.png", "accuracy_matrices.png"):
+        assert (out / "plots" / name).stat().st_size > 1000
+    # re-running skips finished runs: their results.json is not rewritten
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")}
+    again = bench.bench(cfg, ["none", "uniform"], [0], out=out, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")} == stamp
+    assert again["rows"][0]["ap"] == payload["rows"][0]["ap"]
+
+
+def test_task_orders_are_permutations_shared_by_strategies():
+    assert bench.task_order(4, 0) == [0, 1, 2, 3]
+    o1 = bench.task_order(4, 1)
+    assert sorted(o1) == [0, 1, 2, 3] and o1 == bench.task_order(4, 1)
+
+
+def test_mssr_gaps_do_not_shrink_and_events_recorded(tmp_path):
+    cfg = from_dict({**RAW, "name": "m", "train": {**RAW["train"], "steps_per_task": 12},
+                     "replay": {**RAW["replay"], "strategy": "mssr"}})
+    r = experiment.run(cfg, tmp_path, progress=False)
+    steps = [e["step"] for e in r["replay_events"] if e["task"] == 1]
+    assert len(steps) >= 3 and steps[0] == 13  # first step of task 2 replays
+    gaps = np.diff(steps)
+    assert (np.diff(gaps) >= 0).all(), steps
+    assert sum(e["n_samples"] for e in r["replay_events"]) == r["counters"]["replay_samples"]
+
+
+def test_gere_keeps_general_perplexity_closer_to_start_than_none(tmp_path):
+    base = {**RAW, "model": {"lora": {"enabled": False}},
+            "data": {**RAW["data"], "general_texts": 8},
+            "train": {**RAW["train"], "steps_per_task": 15, "lr": 2e-3}}
+    ppl = {}
+    for s in ("none", "gere"):
+        cfg = from_dict({**base, "name": s, "replay": {"strategy": s, "gere": {
+            "n_samples": 32, "seq_len": 64, "weight": 1.0, "per_batch": 4}}})
+        ppl[s] = experiment.run(cfg, tmp_path, progress=False)["general_ppl"]
+    assert ppl["none"][0] == pytest.approx(ppl["gere"][0])
+    assert ppl["none"][-1] > 1.5 * ppl["none"][0]  # fine-tuning does hurt general text
+    assert ppl["gere"][-1] < ppl["none"][-1]
+
+
+def test_report_rerenders_from_results_json(tmp_path):
+    cfg = from_dict({**RAW, "name": "r", "replay": {"strategy": "none"}})
+    experiment.run(cfg, tmp_path, progress=False)
+    run_dir = tmp_path / "r"
+    (run_dir / "report.md").unlink()
+    (run_dir / "plots" / "accuracy_matrix.png").unlink()
+    p = _cli("report", str(run_dir))
+    assert p.returncode == 0, p.stderr
+    assert "Accuracy matrix" in (run_dir / "report.md").read_text()
+    assert (run_dir / "plots" / "accuracy_matrix.png").is_file()
+    bad = _cli("report", str(tmp_path / "nothing"))
+    assert bad.returncode == 2 and "results.json" in bad.stderr
+
+
+def test_data_list_json_and_show():
+    p = _cli("data", "list", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert len(rows) >= 6
+    assert {"generation", "multiple_choice"} <= {r["kind"] for r in rows}
+    assert all(r["n_train"] >= 400 and r["n_test"] >= 100 for r in rows)
+    show = _cli("data", "show", "first_word", "-n", "2")
+    assert show.returncode == 0 and show.stdout.count("prompt:") == 2
