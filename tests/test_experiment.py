@@ -147,7 +147,7 @@ def test_bad_config_one_line_exit_2(tmp_path, override, field):
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and field in lines[0], p.stderr
     assert "Traceback" not in p.stderr
-    assert not (tmp_path / "o" / "t" / "stages").exists()
+    assert not (tmp_path / "o" / "t").exists()  # nothing half-written
 
 
 def test_two_processes_share_strategy_state(tmp_path):
@@ -167,3 +167,10 @@ def test_two_processes_share_strategy_state(tmp_path):
     assert r0["replay_events"], "mssr replayed during task 2"
     saved = json.loads((out / "mp" / "results.json").read_text())
     assert saved["n_processes"] == 2 and saved["acc"] == r0["acc"]
+
+
+def test_unloadable_model_leaves_no_run_directory(tmp_path):
+    cfg = _cfg(**{"model.name": str(tmp_path / "no-such-model")})
+    with pytest.raises(InputError, match="model.name"):
+        experiment.run(cfg, tmp_path / "o", progress=False)
+    assert not (tmp_path / "o" / "t").exists()

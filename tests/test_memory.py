@@ -135,3 +135,13 @@ def test_load_rejects_unknown_column():
     a.admit(_samples(0, 2))
     with pytest.raises(KeyError):
         ReplayMemory(4).load_state_dict(a.state_dict(), lambda i: None)
+
+
+def test_per_task_fills_room_left_by_small_tasks_and_remainders():
+    mem = ReplayMemory(12, "per_task", seed=0)
+    mem.admit(_samples(0, 3))
+    mem.admit(_samples(1, 20))  # quota 6, but task 0 only has 3: task 1 takes the other 9
+    assert mem.task_counts() == {0: 3, 1: 9}
+    mem.admit(_samples(2, 20))  # quota 4: task 0 keeps 3, task 1 shrinks to 4, task 2 fills 5
+    assert mem.task_counts() == {0: 3, 1: 4, 2: 5} and len(mem) == 12
+    _consistent(mem)

@@ -72,8 +72,13 @@ class Run:
                 raise InputError(f"run directory {d} exists; pass --resume to continue it or choose another name")
             if existing.read_text() != resolved:
                 raise InputError(f"{existing}: the config differs from this run's; resume with the same config or use another name")
-        elif self.accelerator.is_main_process:
-            atomic_write_text(existing, resolved)
+        self._resolved = resolved
+
+    def _write_config(self) -> None:
+        """Written once everything loaded, so a bad model name or task file leaves no run directory."""
+        path = self.run_dir / "config.yaml"
+        if not path.is_file() and self.accelerator.is_main_process:
+            atomic_write_text(path, self._resolved)
         self.accelerator.wait_for_everyone()
 
     def _setup(self) -> None:
@@ -111,6 +116,7 @@ class Run:
         )
         self.strategy = build_strategy(self.ctx)
         self.model = self.accelerator.prepare(model)
+        self._write_config()
         self.rng = np.random.default_rng([cfg.seed, 7])
         self.acc_rows: list[list[float]] = []
         self.ppl: list[float | None] = []

@@ -111,7 +111,9 @@ class ReplayMemory:
         return np.unique(np.asarray(written, dtype=np.int64))
 
     def _admit_per_task(self, samples) -> np.ndarray:
-        """Equal quota per task seen so far: older tasks shrink at random to make room."""
+        """Equal quota per task seen so far: older tasks shrink at random to the quota, and the new
+        task fills all the room left (at least its quota; more when older tasks were small or the
+        capacity does not divide evenly), so no slot stays empty while samples are offered."""
         if not samples:
             return np.empty(0, dtype=np.int64)
         self.n_seen += len(samples)
@@ -124,7 +126,7 @@ class ReplayMemory:
                 drop = np.sort(self.rng.choice(rows, size=extra, replace=False))[::-1]
                 for slot in drop:  # highest first, so swap-remove never moves a row still to drop
                     self._remove(int(slot))
-        take = min(len(samples), quota, self.capacity - self.n)
+        take = min(len(samples), self.capacity - self.n)
         chosen = np.sort(self.rng.choice(len(samples), size=take, replace=False))
         start = self.n
         for i, idx in enumerate(chosen):
