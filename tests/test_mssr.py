@@ -319,3 +319,14 @@ def test_same_seed_same_decisions_different_seed_differs():
         recs.append(rec)
     assert recs[0] == recs[1]
     assert recs[0] != recs[2]
+
+
+def test_max_gap_caps_expanding_gaps_and_keeps_budget():
+    s = MSSRScheduler(gap0=1, growth=1.2, max_gap=5)
+    off, _, vol = s.plan(100, 16, budget=400)
+    gaps = np.diff(off)
+    assert (np.diff(gaps) >= 0).all() and gaps.max() == 5
+    assert off[-1] >= 95  # replay reaches the end of the task
+    assert int(vol.sum()) == 400
+    uncapped = MSSRScheduler(gap0=1, growth=1.2).event_offsets(100)
+    assert np.diff(uncapped).max() > 5 and uncapped[-1] < off[-1]

@@ -121,6 +121,7 @@ class MSSRConfig(_Strict):
     # scheduler
     gap0: int = Field(1, ge=1)
     growth: float = Field(1.2, gt=1)  # 1.5 left the last ~25% of a task without replay (docs/mssr.md)
+    max_gap: int | None = Field(None, ge=1)  # gaps stop growing here (None: no cap)
     ratio0: float = Field(1.0, gt=0)
     ratio_floor: float = Field(0.1, ge=0)
     decay: Literal["exp", "inverse"] = "exp"

@@ -38,13 +38,16 @@ class MSSRScheduler:
     """
 
     def __init__(self, gap0: int = 1, growth: float = 1.5, ratio0: float = 1.0, ratio_floor: float = 0.1,
-                 decay: str = "exp", half_life: float = 50.0):
+                 decay: str = "exp", half_life: float = 50.0, max_gap: int | None = None):
         if gap0 < 1 or growth <= 1 or ratio0 <= 0 or ratio_floor < 0 or half_life <= 0:
             raise ValueError("need gap0 >= 1, growth > 1, ratio0 > 0, ratio_floor >= 0, half_life > 0")
         if decay not in ("exp", "inverse"):
             raise ValueError(f"unknown decay {decay!r}")
         self.gap0, self.growth, self.ratio0, self.ratio_floor = int(gap0), float(growth), float(ratio0), float(ratio_floor)
         self.decay, self.half_life = decay, float(half_life)
+        if max_gap is not None and max_gap < 1:
+            raise ValueError("need max_gap >= 1")
+        self.max_gap = None if max_gap is None else int(max_gap)
         self.start_step = 0
         self.n_steps: int | None = None
         self.budget: int | None = None
@@ -55,7 +58,8 @@ class MSSRScheduler:
 
     # ---- closed-form pieces -----------------------------------------------------------------
     def gaps(self, n: int) -> np.ndarray:
-        return np.maximum(1, _round_half_up(self.gap0 * self.growth ** np.arange(n, dtype=np.float64)))
+        g = np.maximum(1, _round_half_up(self.gap0 * self.growth ** np.arange(n, dtype=np.float64)))
+        return g if self.max_gap is None else np.minimum(g, self.max_gap)
 
     def event_offsets(self, n_steps: int) -> np.ndarray:
         """Event offsets in ``[0, n_steps)``."""
@@ -63,6 +67,8 @@ class MSSRScheduler:
             return np.empty(0, dtype=np.int64)
         # gaps >= gap0 * growth**j / 2 (rounding), so this many gaps surely pass n_steps
         n = int(np.ceil(np.log(2 * n_steps / self.gap0 + 1) / np.log(self.growth))) + 2
+        if self.max_gap is not None:  # capped gaps: up to n_steps / min gap more events
+            n += n_steps
         n = min(n, n_steps + 1)  # gaps are >= 1
         e = np.concatenate([[0], np.cumsum(self.gaps(n))])
         return e[e < n_steps].astype(np.int64)
@@ -251,7 +257,8 @@ class MSSR(BaseStrategy):
         self.memory = ReplayMemory(cfg.memory.size, cfg.memory.policy, ctx.seed)
         self.sampler = MemoryStrength(self.memory, mc.k0, mc.k_min, mc.k_max, mc.loss_ref, mc.k_lr,
                                       mc.temperature, mc.floor)
-        self.scheduler = MSSRScheduler(mc.gap0, mc.growth, mc.ratio0, mc.ratio_floor, mc.decay, mc.half_life)
+        self.scheduler = MSSRScheduler(mc.gap0, mc.growth, mc.ratio0, mc.ratio_floor, mc.decay, mc.half_life,
+                                       mc.max_gap)
         self.rng = np.random.default_rng([int(ctx.seed), _SEED_TAG])
         self.task_index = -1
         self.ref_sum = 0.0  # new-task loss over the first REF_STEPS steps of the task
