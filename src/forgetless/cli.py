@@ -67,7 +67,8 @@ def _metrics_table(rows: list[dict], title: str) -> Table:
     # the terminal table keeps the columns people compare first; bench.md has them all
     keep = ("ap", "bwt", "forgetting", "ppl_end", "replay_tokens", "wall_s", "overhead")
     cols = [c for c in COLUMNS if c[0] in keep]
-    table = Table(title=title)
+    n = max((r.get("n_runs", 1) for r in rows), default=1)
+    table = Table(title=title, caption=f"mean of {n} runs per strategy; ± std in bench.md" if n > 1 else None)
     table.add_column("strategy", no_wrap=True)
     for _, head, _ in cols:
         table.add_column(head, justify="right", no_wrap=True)
@@ -75,7 +76,7 @@ def _metrics_table(rows: list[dict], title: str) -> Table:
         cells = []
         for key, _, d in cols:
             v, s = r.get(key), r.get(key + "_std")
-            cells.append("–" if v is None else (_num(v, d) if not s or r.get("n_runs", 1) < 2 else f"{_num(v, d)}±{_num(s, d)}"))
+            cells.append("–" if v is None else _num(v, d))
         table.add_row(r["strategy"], *cells)
     return table
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from forgetless import __version__
-from forgetless.config import Config, dump_config
+from forgetless.config import Config, dump_config, load_config
 from forgetless.errors import InputError
 from forgetless.replay.base import StrategyContext, WorkCounters
 from forgetless.state import atomic_write_text, load_state, save_state
@@ -70,7 +70,9 @@ class Run:
         if existing.is_file():
             if not self.resume:
                 raise InputError(f"run directory {d} exists; pass --resume to continue it or choose another name")
-            if existing.read_text() != resolved:
+            # compared as validated configs, so an option added later with a default that keeps
+            # the old behaviour does not orphan finished runs
+            if load_config(existing) != self.cfg:
                 raise InputError(f"{existing}: the config differs from this run's; resume with the same config or use another name")
         self._resolved = resolved
 
@@ -320,7 +322,7 @@ class Run:
             "task_kinds": [t.kind for t in self.stream.tasks],
             "acc": acc.tolist(),
             "baseline_acc": base.tolist(),
-            "metrics": _jsonable(metrics.compute(acc, base)),
+            "metrics": to_jsonable(metrics.compute(acc, base)),
             "general_ppl": self.ppl,
             "general_ability": ga,
             "hm_ga_ap": metrics.harmonic_mean(ga, float(acc[-1].mean())) if ga is not None else None,
@@ -340,11 +342,12 @@ class Run:
         return result
 
 
-def _jsonable(x):
+def to_jsonable(x):
+    """numpy arrays and scalars to lists and numbers, recursively (results and states as JSON)."""
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: to_jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [to_jsonable(v) for v in x]
     if isinstance(x, np.ndarray):
         return x.tolist()
     if isinstance(x, np.generic):
