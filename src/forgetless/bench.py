@@ -136,9 +136,11 @@ def write_plots(out: Path, rows: list[dict], results: list[dict]) -> None:
     fig.tight_layout()
     save(fig, "task_accuracy.png")
 
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 4.2 * nrows), squeeze=False)
     for ax, res in zip(axes.flat, firsts.values()):
         plot_matrix(ax, res)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
     fig.tight_layout()
     save(fig, "accuracy_matrices.png")
 
