@@ -15,7 +15,9 @@ from forgetless.errors import InputError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Continual fine-tuning of causal LMs with replay.")
 data_app = typer.Typer(no_args_is_help=True, help="The built-in offline task suite.")
 app.add_typer(data_app, name="data")
-console = Console()
+# Rich assumes 80 columns when stdout is not a terminal (logs, pipes, CI): the comparison table
+# then truncates its numbers, so use a wider page there; a real terminal keeps its own width
+console = Console() if sys.stdout.isatty() else Console(width=120)
 
 
 @data_app.command("list")
