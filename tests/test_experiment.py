@@ -155,7 +155,13 @@ def test_two_processes_share_strategy_state(tmp_path):
     cfg_path = _write(tmp_path, cfg)
     out = tmp_path / "mp"
     out.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    import socket
+
+    with socket.socket() as sock:  # a free loopback port for the two processes to meet on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port),
            str(HELPERS / "mp_worker.py"), str(cfg_path), str(out)]
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
     assert p.returncode == 0, p.stderr[-3000:]
