@@ -107,3 +107,14 @@ def test_data_list_json_and_show():
     assert all(r["n_train"] >= 400 and r["n_test"] >= 100 for r in rows)
     show = _cli("data", "show", "first_word", "-n", "2")
     assert show.returncode == 0 and show.stdout.count("prompt:") == 2
+
+
+def test_quick_demo_shows_forgetting_and_its_cure(tmp_path):
+    p = _cli("demo", "--quick", "--output", str(tmp_path / "demo"), "--quiet")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "none" in p.stdout and "uniform" in p.stdout
+    saved = json.loads((tmp_path / "demo" / "quick" / "bench.json").read_text())
+    rows = {r["strategy"]: r for r in saved["rows"]}
+    assert rows["none"]["bwt"] < -0.3  # sequential fine-tuning forgets
+    assert rows["uniform"]["forgetting"] < rows["none"]["forgetting"] - 0.2  # replay cures much of it
+    assert (tmp_path / "demo" / "quick" / "plots" / "task_accuracy.png").is_file()

@@ -180,3 +180,23 @@ def test_unloadable_model_leaves_no_run_directory(tmp_path):
     with pytest.raises(InputError, match="model.name"):
         experiment.run(cfg, tmp_path / "o", progress=False)
     assert not (tmp_path / "o" / "t").exists()
+
+
+def test_other_architecture_from_a_local_directory(tmp_path):
+    """The path a user's model takes: a directory in Hugging Face format, here a small random Qwen2."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from forgetless.model import load_tokenizer
+
+    tok = load_tokenizer("tiny")
+    qcfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    d = tmp_path / "qwen-tiny"
+    Qwen2ForCausalLM(qcfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    cfg = _cfg(**{"model.name": str(d), "replay.strategy": "gere+mssr",
+                  "replay.gere": {"n_samples": 8, "seq_len": 32, "per_batch": 2}, "name": "qwen"})
+    r = experiment.run(cfg, tmp_path / "o", progress=False)
+    assert r["model"] == str(d) and np.asarray(r["acc"]).shape == (2, 2)
+    assert r["counters"]["optimizer_steps"] == 8 and r["counters"]["extra_forward_tokens"] > 0
