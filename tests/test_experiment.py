@@ -200,3 +200,12 @@ def test_other_architecture_from_a_local_directory(tmp_path):
     r = experiment.run(cfg, tmp_path / "o", progress=False)
     assert r["model"] == str(d) and np.asarray(r["acc"]).shape == (2, 2)
     assert r["counters"]["optimizer_steps"] == 8 and r["counters"]["extra_forward_tokens"] > 0
+
+
+def test_mssr_lr_interference_follows_the_loops_schedule(tmp_path):
+    cfg = _cfg(**{"name": "lr", "replay.strategy": "mssr", "replay.mssr.interference": "lr",
+                  "train.schedule": "cosine"})
+    run = experiment.Run(cfg, experiment.run_dir_for(cfg, tmp_path), progress=False)
+    run.execute()
+    # g = lr / base lr at each of the 4 steps of each task: cosine factors 1, .854, .5, .146 (sum 2.5)
+    assert run.strategy.sampler.G == pytest.approx(2 * 2.5)
