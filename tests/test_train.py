@@ -7,7 +7,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from forgetless.config import TrainConfig
 from forgetless.data.task import Sample
 from forgetless.replay.base import BaseStrategy, ReplayBatch, WorkCounters
-from forgetless.train import BatchSampler, TaskLoop, collate, steps_for_task, token_losses
+from forgetless.losses import token_losses
+from forgetless.train import BatchSampler, TaskLoop, collate, steps_for_task
 
 
 def _sample(i, n_prompt, n_target, task=0):

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from forgetless.data.task import Example, Task
 from forgetless.data.tokenize import apply_template
+from forgetless.losses import token_losses
 
 _WS = re.compile(r"\s+")
 _TRAILING_PUNCT = ".,;:!?"
@@ -298,9 +298,7 @@ def general_perplexity(model, tokenizer, texts: Sequence[str], *, max_length: in
                 labels[r, : len(x)] = ids[r, : len(x)]
                 mask[r, : len(x)] = 1
             ids, labels, mask = ids.to(dev), labels.to(dev), mask.to(dev)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, :].float()
-            tgt = labels[:, 1:]
-            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                         ignore_index=-100, reduction="sum"))
-            count += int((tgt != -100).sum())
+            tl, has_label = token_losses(model(input_ids=ids, attention_mask=mask).logits, labels)
+            nll += float((tl * has_label).sum())
+            count += int(has_label.sum())
     return math.exp(nll / count), sum(len(x) for x in seqs)

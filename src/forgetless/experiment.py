@@ -153,7 +153,8 @@ class Run:
 
     @torch.no_grad()
     def _sample_losses(self, samples) -> np.ndarray:
-        from forgetless.train import collate, token_losses
+        from forgetless.losses import sample_means, token_losses
+        from forgetless.train import collate
 
         m = self.base_model
         was_training = m.training
@@ -164,7 +165,7 @@ class Run:
         tl, mask = token_losses(out.logits, batch["labels"])
         self.counters.extra_forward_tokens += int(batch["attention_mask"].sum())
         m.train(was_training)
-        return ((tl * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy()
+        return sample_means(tl, mask).float().cpu().numpy()
 
     def _evaluate_stage(self) -> tuple[list[float], float | None]:
         from forgetless.evaluate import general_perplexity

@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from forgetless.config import TrainConfig
 from forgetless.data.task import Sample
+from forgetless.losses import sample_means, token_losses
 from forgetless.replay.base import Strategy, WorkCounters
 
 
@@ -36,17 +36,6 @@ def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
         attention[i, :L] = 1
     ids = torch.tensor([s.sample_id for s in samples], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "sample_ids": ids}
-
-
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token cross-entropy per position (B, L-1) and the mask of positions with a label."""
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    loss = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-        ignore_index=-100, reduction="none",
-    ).view(shift_labels.shape)
-    return loss, shift_labels != -100
 
 
 def micro_batches(samples: list[Sample], accum: int) -> list[tuple[list[Sample], int]]:
@@ -207,7 +196,7 @@ class TaskLoop:
                     loss = loss + extra / share
                     extra_sum = (extra_sum or 0.0) + float(extra.detach()) / share
             acc.backward(loss)
-            per_sample = ((tl * mask).sum(1) / mask.sum(1).clamp(min=1)).detach().float()
+            per_sample = sample_means(tl, mask).detach().float()
             ids_out.append(batch["sample_ids"])
             losses_out.append(per_sample)
             loss_sum += float(tok_sum.detach())

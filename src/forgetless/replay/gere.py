@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from forgetless.data.task import Sample
 from forgetless.errors import InputError
+from forgetless.losses import token_losses
 from forgetless.replay.base import BaseStrategy, ReplayBatch, StrategyContext, register
 
 CACHE_VERSION = 1
@@ -558,10 +559,9 @@ class GeRe(BaseStrategy):
         ce = None
         if self.cfg.weight == "dynamic":
             with torch.no_grad():
-                logits = _align(outputs.logits, rows, offsets, length).float()
-                labels = _align(batch["labels"], rows, offsets, length)
-                ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                     ignore_index=-100)
+                tl, has_label = token_losses(_align(outputs.logits, rows, offsets, length),
+                                             _align(batch["labels"], rows, offsets, length))
+                ce = (tl * has_label).sum() / has_label.sum()  # token mean, as the loop's CE
         w = aux_weight(self.cfg.weight, ce, aux)
         self.last = {"aux": aux.detach(), "weight": w}
         return w * aux
