@@ -7,7 +7,6 @@ accuracy is compared at equal replay volume.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from forgetless import experiment, metrics
 from forgetless.config import Config
-from forgetless.state import atomic_write_bytes, atomic_write_text
+from forgetless.state import atomic_write_text
 
 # columns of the comparison: (key in a run summary, header, digits)
 COLUMNS = [
@@ -101,13 +100,10 @@ def write_plots(out: Path, rows: list[dict], results: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from forgetless.report import plot_matrix, plot_task_curves
+    from forgetless.report import plot_matrix, plot_task_curves, save_png
 
     def save(fig, name):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        atomic_write_bytes(out / "plots" / name, buf.getvalue())
+        save_png(fig, out / "plots" / name)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for r in rows:

@@ -47,10 +47,14 @@ def report_md(result: dict) -> str:
     return "\n".join(out)
 
 
-def _png(fig) -> bytes:
+def save_png(fig, path: Path) -> None:
+    """Write a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_matrix(ax, result: dict, title: str | None = None) -> None:
@@ -92,13 +96,11 @@ def write_plots(run_dir: Path, result: dict) -> None:
     fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.0 * n + 2))
     im = plot_matrix(ax, result, f"accuracy matrix — {result['strategy']}")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    atomic_write_bytes(run_dir / "plots" / "accuracy_matrix.png", _png(fig))
-    plt.close(fig)
+    save_png(fig, run_dir / "plots" / "accuracy_matrix.png")
     fig, ax = plt.subplots(figsize=(7, 4))
     plot_task_curves(ax, result, f"accuracy per task across stages — {result['strategy']}")
     ax.legend(fontsize=8, loc="best")
-    atomic_write_bytes(run_dir / "plots" / "task_accuracy.png", _png(fig))
-    plt.close(fig)
+    save_png(fig, run_dir / "plots" / "task_accuracy.png")
 
 
 def write_outputs(run_dir: Path, result: dict) -> None:
