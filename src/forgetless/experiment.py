@@ -126,7 +126,14 @@ class Run:
         self.global_step = 0
 
     # ---- evaluation (sharded over processes, summed, so every process gets the same numbers) ----
-    def _eval_examples(self, task_index: int, examples) -> tuple[float, int]:
+    def _sum_over_processes(self, *values: float) -> list[float]:
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return [float(v) for v in values]
+        t = acc.reduce(torch.tensor(values, dtype=torch.float64, device=acc.device), "sum")
+        return [float(v) for v in t]
+
+    def _eval_examples(self, task_index: int, examples) -> float:
         from forgetless.evaluate import evaluate_task
 
         acc = self.accelerator
@@ -138,17 +145,14 @@ class Run:
                               max_new_tokens=self.cfg.eval.max_new_tokens, template=self.cfg.data.prompt_template,
                               max_length=self.cfg.data.max_length, device=acc.device)
             correct, n, tokens = r.accuracy * r.n, r.n, r.tokens
-        if acc.num_processes > 1:
-            t = acc.reduce(torch.tensor([correct, n, tokens], dtype=torch.float64, device=acc.device), "sum")
-            correct, n, tokens = float(t[0]), int(t[1]), int(t[2])
+        correct, n, tokens = self._sum_over_processes(correct, n, tokens)
         self.counters.eval_tokens += int(tokens)
-        return (correct / n if n else 0.0), int(tokens)
+        return correct / n if n else 0.0
 
     def _probe_accuracy(self, task_index: int, examples) -> float:
         t0 = time.perf_counter()
-        a, _ = self._eval_examples(task_index, list(examples))
+        a = self._eval_examples(task_index, list(examples))  # evaluate_task restores train mode
         self.counters.time_eval_s += time.perf_counter() - t0
-        self.model.train()
         return a
 
     @torch.no_grad()
@@ -171,7 +175,7 @@ class Run:
         from forgetless.evaluate import general_perplexity
 
         t0 = time.perf_counter()
-        row = [self._eval_examples(j, t.test)[0] for j, t in enumerate(self.stream.tasks)]
+        row = [self._eval_examples(j, t.test) for j, t in enumerate(self.stream.tasks)]
         ppl = None
         if self.general:
             acc = self.accelerator
@@ -181,9 +185,7 @@ class Run:
                 p, tokens = general_perplexity(self.base_model, self.tokenizer, shard, device=acc.device,
                                                batch_size=self.cfg.eval.batch_size)
                 nll = float(np.log(p)) * tokens
-            if acc.num_processes > 1:
-                t = acc.reduce(torch.tensor([nll, tokens], dtype=torch.float64, device=acc.device), "sum")
-                nll, tokens = float(t[0]), int(t[1])
+            nll, tokens = self._sum_over_processes(nll, tokens)
             self.counters.eval_tokens += int(tokens)
             ppl = float(np.exp(nll / max(tokens, 1)))
         self.counters.time_eval_s += time.perf_counter() - t0

@@ -9,6 +9,7 @@ per-sample losses are gathered so every process observes the whole batch.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -182,7 +183,7 @@ class TaskLoop:
         for ci, (chunk, share) in enumerate(chunks):
             batch = {k: v.to(acc.device) for k, v in collate(chunk, self.pad_id).items()}
             sync = ci == len(chunks) - 1
-            ctx = acc.no_sync(self.model) if not sync and world > 1 else _nullcontext()
+            ctx = acc.no_sync(self.model) if not sync and world > 1 else nullcontext()
             with ctx, acc.autocast():
                 out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  output_hidden_states=need_hidden)
@@ -215,14 +216,6 @@ class TaskLoop:
         order = np.argsort([pos[int(i)] for i in ids_np], kind="stable")
         return {"ids": ids_np[order], "losses": losses_np[order],
                 "loss": loss_sum / max(total_tokens, 1), "extra": extra_sum}
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 def _gather_all(acc, ids: torch.Tensor, losses: torch.Tensor, loss_sum: float, n_total: int):
