@@ -103,9 +103,14 @@ def test_hf_save_to_disk_dataset_and_dict(tmp_path):
 @pytest.mark.parametrize("rows, match", [
     ([GEN[0], {"prompt": "p"}], r"b\.jsonl:2, field 'target': missing field"),
     ([GEN[0], {"prompt": 5, "target": "t"}], r"b\.jsonl:2, field 'prompt': must be a string"),
-    ([MC[0], {"question": "q", "choices": ["a"], "answer": 3}], r":2, field 'answer': answer index 3 out of range"),
-    ([MC[0], {"question": "q", "choices": ["a"], "answer": "b"}], r":2, field 'answer': answer text 'b' is not among"),
-    ([MC[0], {"question": "q", "choices": [], "answer": 0}], r":2, field 'choices': empty choices"),
+    ([MC[0], {"question": "q", "choices": ["a", "c"], "answer": 3}], r":2, field 'answer': answer index 3 out of range"),
+    ([MC[0], {"question": "q", "choices": ["a", "c"], "answer": "b"}], r":2, field 'answer': answer text 'b' is not among"),
+    ([MC[0], {"question": "q", "choices": [], "answer": 0}], r":2, field 'choices': needs at least 2 choices, got 0"),
+    ([MC[0], {"question": "q", "choices": ["a"], "answer": 0}], r":2, field 'choices': needs at least 2 choices, got 1"),
+    ([MC[0], {"question": "q", "choices": ["a", "a"], "answer": 0}], r":2, field 'choices': duplicate choice 'a'"),
+    ([MC[0], {"question": "q", "choices": ["a", None], "answer": 0}], r":2, field 'choices': every choice must be"),
+    ([GEN[0], {"prompt": "p", "target": 7}], r":2, field 'target': must be a string, got int 7"),
+    ([GEN[0], {"prompt": "p", "target": float("nan")}], r":2, field 'target': must be a string, got float nan"),
     ([MC[0], {"question": "q", "answer": 0}], r":2, field 'choices': missing field"),
 ])
 def test_record_errors_name_file_line_field(tmp_path, rows, match):
@@ -130,7 +135,7 @@ def test_csv_error_names_line(tmp_path):
 def test_json_error_names_record(tmp_path):
     p = tmp_path / "j.json"
     p.write_text(json.dumps([GEN[0], {"target": "x"}]))
-    with pytest.raises(InputError, match=r"j\.json, field 'prompt': record 1: missing field"):
+    with pytest.raises(InputError, match=r"j\.json, field 'prompt': record 2: missing field"):
         load_task(str(p))
 
 

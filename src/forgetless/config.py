@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from forgetless.errors import InputError
+from forgetless.errors import InputError, read_text
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an infinite lr or budget is refused here, not found as NaN losses mid-run
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraConfig(_Strict):
@@ -51,6 +53,18 @@ class DataConfig(_Strict):
     max_length: int = Field(128, ge=8)  # tokens per sample, prompt + target + EOS
     prompt_template: str = "{prompt}"  # applied to every prompt before tokenization
     general_texts: int = Field(64, ge=0)  # held-out general texts for perplexity (0: skip)
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
+        except ValueError as e:
+            raise ValueError(f"not a valid format string ({e})") from None
+        if "prompt" not in names or any(f != "prompt" for f in names):
+            raise ValueError("must contain '{prompt}' and no other field, attribute or index "
+                             "(write a literal brace as '{{' or '}}')")
+        return v
 
 
 class TrainConfig(_Strict):
@@ -162,6 +176,14 @@ class ReplayConfig(_Strict):
     mssr: MSSRConfig = MSSRConfig()
     gere: GeReConfig = GeReConfig()
 
+    @field_validator("strategy")
+    @classmethod
+    def _no_empty_part(cls, v: str | list[str]) -> str | list[str]:
+        parts = v if isinstance(v, list) else v.split("+")
+        if not parts or any(not p.strip() for p in parts):
+            raise ValueError(f"{v!r} has an empty strategy name; write e.g. 'gere+mssr'")
+        return v
+
     @property
     def strategies(self) -> list[str]:
         s = self.strategy
@@ -169,9 +191,12 @@ class ReplayConfig(_Strict):
         return [n.strip() for n in names if n.strip()]
 
 
+MAX_NAME_BYTES = 200  # a directory name, with room for the suffixes of temporary files (255 max)
+
+
 class Config(_Strict):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's and accelerate's seeding range
     output_dir: str = "runs"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -182,24 +207,40 @@ class Config(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not v or "/" in v or v.startswith("."):
-            raise ValueError("must be a non-empty directory name without '/'")
+        if not v or "/" in v or "\\" in v or v.startswith(".") or "\x00" in v:
+            raise ValueError("must be a non-empty directory name without '/', '\\', NUL or a leading '.'")
+        if len(v.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ValueError(f"is {len(v.encode('utf-8'))} bytes long; at most {MAX_NAME_BYTES}")
         return v
 
 
+def _is_type_tag(part) -> bool:
+    """Union branches appear in pydantic's locations as type names ('str', 'TaskFileConfig')."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or part[:1].isupper())
+
+
 def _format_error(e: ValidationError, source: str) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    errors = e.errors()
+    # in a union, the branch whose type does not even match (a mapping given where a string is
+    # also allowed) says nothing useful; report the branch that matched the shape of the input
+    useful = [x for x in errors if not (x["type"].endswith("_type") and isinstance(x.get("input"), (dict, list))
+                                          and any(_is_type_tag(p) for p in x["loc"]))]
+    err = (useful or errors)[0]
+    loc = ".".join(str(p) for p in err["loc"] if not _is_type_tag(p)) or "(root)"
     msg = err["msg"]
     if err.get("type") == "literal_error" and "expected" in err.get("ctx", {}):
         msg = f"must be one of {err['ctx']['expected']}"
-    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    shown = useful or errors
+    more = f" (and {len(shown) - 1} more)" if len(shown) > 1 else ""
     return f"{source}: field '{loc}': {msg}{more}"
 
 
 def parse_value(text: str) -> Any:
     """A --set value is YAML, so numbers, booleans and lists work as typed."""
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError(f"--set value {text!r} is not valid YAML ({getattr(e, 'problem', None) or e})") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -233,7 +274,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             raise InputError("config file not found", file=source)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(read_text(path)) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None

@@ -5,13 +5,22 @@ task t: trainable weights, strategy state, loop state, the accuracy row), result
 accuracy_matrix.csv, report.md, plots/. A stage directory appears only once complete (written under
 a temporary name, then renamed) and is never rewritten, so a killed run resumes from its last
 finished stage and ends with the same results as an uninterrupted one.
+
+A run never lies and never gets stuck: it records fingerprints (fingerprints.json: the validated
+config and each task's examples) that ``--resume`` and the bench's reuse compare; one writer holds
+the directory's lock (.lock); each stage records the sha256 of its files (manifest.json), and
+resume falls back past a damaged stage; everything checkable is checked before anything is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 import platform
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,12 +36,179 @@ from forgetless.replay.base import StrategyContext, WorkCounters
 from forgetless.state import atomic_write_text, load_state, save_state
 
 
+FINGERPRINTS = "fingerprints.json"
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+FRESH_HINT = "choose another name or --output, or pass --fresh to start over"
+
+
 def run_dir_for(cfg: Config, output_dir: str | Path | None = None) -> Path:
     return Path(output_dir if output_dir is not None else cfg.output_dir) / cfg.name
 
 
 def is_finished(run_dir: Path) -> bool:
     return (Path(run_dir) / "results.json").is_file()
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C during a run; ``stage`` is the last stage on disk (-1: none)."""
+
+    def __init__(self, run_dir: Path, stage: int):
+        where = f"after stage {stage}" if stage >= 0 else "before the first stage"
+        super().__init__(f"interrupted {where}; continue with --resume")
+        self.run_dir, self.stage = run_dir, stage
+
+
+# ---- checks before anything is written ---------------------------------------------------------
+
+def check_writable(run_dir: Path) -> None:
+    """The run directory can be created and written: no file in the way, a writable ancestor."""
+    run_dir = Path(run_dir)
+    for p in (run_dir, *run_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "run directory" if p == run_dir else "output directory"
+                raise InputError(f"the {what} path is a file, not a directory", file=str(p), field="output_dir")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise InputError("directory is not writable", file=str(p), field="output_dir")
+            return
+
+
+def config_fingerprint(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def task_fingerprint(task) -> str:
+    """The examples after loading (caps and order applied), so an edited task file is noticed."""
+    h = hashlib.sha256(json.dumps([task.name, task.kind]).encode())
+    for split in (task.train, task.test):
+        h.update(b"\x00split")
+        for ex in split:
+            h.update(json.dumps([ex.prompt, ex.target, ex.choices, ex.answer]).encode())
+    return h.hexdigest()
+
+
+def fingerprints(cfg: Config, stream) -> dict:
+    return {"config": config_fingerprint(cfg),
+            "tasks": [{"name": t.name, "source": t.source, "sha256": task_fingerprint(t)} for t in stream.tasks]}
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """Dotted path of the first field where two JSON-like values differ (None: equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            d = first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+            if d is not None:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = first_difference(x, y, f"{path}.{i}")
+            if d is not None:
+                return d
+        return None
+    return None if a == b else (path or "(root)")
+
+
+def _lookup(d: Any, path: str) -> Any:
+    for part in path.split("."):
+        d = d[int(part)] if isinstance(d, list) else (d or {}).get(part)
+    return d
+
+
+def check_config(cfg: Config, run_dir: Path) -> None:
+    """The run directory's config is this one (compared as validated configs, so an option added
+    later with a default that keeps the old behaviour does not orphan finished runs)."""
+    existing = Path(run_dir) / "config.yaml"
+    old = load_config(existing)
+    if old != cfg:
+        a, b = old.model_dump(mode="json"), cfg.model_dump(mode="json")
+        field = first_difference(a, b) or "(root)"
+        raise InputError(f"the config differs in field '{field}' (the run has {_lookup(a, field)!r}, this "
+                         f"config {_lookup(b, field)!r}); {FRESH_HINT}", file=str(existing))
+
+
+def check_data(stream, run_dir: Path) -> None:
+    """Every task's examples are those the run started with (runs from before fingerprints pass)."""
+    path = Path(run_dir) / FINGERPRINTS
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_text())["tasks"]
+        stored = {t["name"]: t for t in stored}
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"damaged fingerprint file; {FRESH_HINT}", file=str(path)) from None
+    for t in stream.tasks:
+        old = stored.get(t.name)
+        if old is None or old.get("sha256") != task_fingerprint(t):
+            raise InputError(f"task '{t.name}' ({t.source}) changed since the run started; {FRESH_HINT}",
+                             file=str(path))
+
+
+def check_same_run(cfg: Config, run_dir: Path, stream=None) -> None:
+    """Refuse to continue or reuse a run made with another config or other task data."""
+    from forgetless.data import load_stream
+
+    check_config(cfg, run_dir)
+    check_data(stream if stream is not None else load_stream(cfg.data, cfg.seed), run_dir)
+
+
+class RunLock:
+    """One writer per run directory: an exclusive ``flock`` on ``<run>/.lock``, which holds the
+    writer's PID. The kernel drops the lock when its process dies, so a stale lock (a killed run)
+    is simply taken over."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(f"run directory {self.path.parent} is in use by process {holder}; wait for it to end "
+                             "or choose another name") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_stage(d: Path) -> str | None:
+    """None if the stage's files match the sha256 recorded when it was written, else what is wrong."""
+    m = d / MANIFEST
+    if not m.is_file():
+        return f"{m} is missing"
+    try:
+        files = json.loads(m.read_text())["files"]
+        assert isinstance(files, dict) and files
+    except (ValueError, KeyError, TypeError, AssertionError):
+        return f"{m} is damaged"
+    for name, digest in files.items():
+        f = d / name
+        if not f.is_file():
+            return f"{f} is missing"
+        if sha256_file(f) != digest:
+            return f"{f} is damaged (its sha256 differs from the one recorded when it was written)"
+    return None
 
 
 def _versions() -> dict[str, str]:
@@ -57,31 +233,40 @@ def _precision(cfg: Config) -> str:
 class Run:
     """Holds everything one run needs; ``execute`` does the work."""
 
-    def __init__(self, cfg: Config, run_dir: Path, *, resume: bool = False, progress: bool = True,
-                 on_stage: Callable[[int], None] | None = None):
-        self.cfg, self.run_dir, self.resume, self.show_progress = cfg, Path(run_dir), resume, progress
+    def __init__(self, cfg: Config, run_dir: Path, *, resume: bool = False, fresh: bool = False,
+                 progress: bool = True, on_stage: Callable[[int], None] | None = None):
+        self.cfg, self.run_dir, self.resume, self.show_progress = cfg, Path(run_dir), resume and not fresh, progress
+        self.fresh = fresh  # start over: the directory's old contents go once the lock is held
         self.on_stage = on_stage  # test hook: called after each stage is saved
+        self.lock = RunLock(self.run_dir)
+        self.saved_stage = -1  # the last stage on disk (for the Ctrl-C message)
 
     # ---- set-up ----------------------------------------------------------------------------
     def _prepare_dir(self) -> None:
+        """Refuse an existing run unless resuming the same config and data (or starting fresh)."""
         d = self.run_dir
-        resolved = dump_config(self.cfg)
-        existing = d / "config.yaml"
-        if existing.is_file():
+        if (d / "config.yaml").is_file() and not self.fresh:
             if not self.resume:
-                raise InputError(f"run directory {d} exists; pass --resume to continue it or choose another name")
-            # compared as validated configs, so an option added later with a default that keeps
-            # the old behaviour does not orphan finished runs
-            if load_config(existing) != self.cfg:
-                raise InputError(f"{existing}: the config differs from this run's; resume with the same config or use another name")
-        self._resolved = resolved
+                raise InputError(f"run directory {d} exists; pass --resume to continue it, --fresh to start "
+                                 "over, or choose another name")
+            check_same_run(self.cfg, d, self.stream)
 
     def _write_config(self) -> None:
-        """Written once everything loaded, so a bad model name or task file leaves no run directory."""
-        path = self.run_dir / "config.yaml"
-        if not path.is_file() and self.accelerator.is_main_process:
-            atomic_write_text(path, self._resolved)
-        self.accelerator.wait_for_everyone()
+        """Written once everything loaded, so a bad model name or task file leaves no run directory.
+        The lock is taken here, and the checks repeated under it (another writer may have run)."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            self.lock.acquire()
+            self._prepare_dir()
+            if self.fresh:
+                for p in self.run_dir.iterdir():
+                    if p.name != LOCK:
+                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            path = self.run_dir / "config.yaml"
+            if not path.is_file():
+                atomic_write_text(self.run_dir / FINGERPRINTS, json.dumps(fingerprints(self.cfg, self.stream), indent=1))
+                atomic_write_text(path, dump_config(self.cfg))
+        acc.wait_for_everyone()
 
     def _setup(self) -> None:
         from accelerate import Accelerator
@@ -102,11 +287,16 @@ class Run:
             torch.set_num_threads(cfg.train.cpu_threads)
         if self.accelerator.num_processes > 1 and cfg.train.batch_size < self.accelerator.num_processes:
             raise InputError("train.batch_size must be at least the number of processes")
+        check_writable(self.run_dir)
         self.stream = load_stream(cfg.data, cfg.seed)
         self._prepare_dir()
         model, self.tokenizer = load_model(cfg.model, device=self.accelerator.device)
         self.base_model = model  # unwrapped (PEFT) model: saved, evaluated, handed to strategies
         tokenize_stream(self.stream, self.tokenizer, cfg.data.max_length, cfg.data.prompt_template)
+        if self.stream.truncated and self.accelerator.is_main_process:
+            n = sum(len(s) for s in self.stream.samples)
+            print(f"warning: {self.stream.truncated} of {n} training samples were cut to data.max_length="
+                  f"{cfg.data.max_length} tokens", file=sys.stderr)
         self.steps = [steps_for_task(cfg.train, len(s)) for s in self.stream.samples]
         self.general = general_texts("heldout")[: cfg.data.general_texts] if cfg.data.general_texts else []
         self.counters = WorkCounters()
@@ -217,15 +407,34 @@ class Run:
             if torch.cuda.is_available():
                 loop["cuda_rng"] = torch.cuda.get_rng_state().numpy()
             save_state(loop, tmp, "loop")
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            atomic_write_text(tmp / MANIFEST, json.dumps({"files": files}, indent=1))
             tmp.rename(final)
+        self.saved_stage = k
         acc.wait_for_everyone()
         if self.on_stage is not None:
             self.on_stage(k)
 
     def _last_stage(self) -> int:
+        """The last stage that, with every stage before it, is intact. A damaged stage (and any
+        after it) is reported in one line and removed, so the run continues from the one before."""
         stages = self.run_dir / "stages"
-        done = [int(p.name) for p in stages.iterdir() if p.is_dir() and p.name.isdigit()] if stages.is_dir() else []
-        return max(done) if done else -1
+        done = sorted(int(p.name) for p in stages.iterdir() if p.name.isdigit()) if stages.is_dir() else []
+        good, problem = -1, None
+        for k in done:
+            problem = f"stage {good + 1} is missing" if k != good + 1 else verify_stage(self._stage_dir(k))
+            if problem is not None:
+                break
+            good = k
+        if problem is not None:
+            if self.accelerator.is_main_process:
+                then = f"resuming from stage {good}" if good >= 0 else "starting over"
+                print(f"warning: {problem}; {then}", file=sys.stderr)
+                for k in done:
+                    if k > good:
+                        shutil.rmtree(self._stage_dir(k), ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+        return good
 
     def _restore(self, k: int) -> None:
         from forgetless.model import load_trainable
@@ -253,22 +462,38 @@ class Run:
 
     # ---- logging ---------------------------------------------------------------------------
     def _truncate_log(self, last_step: int) -> None:
+        """Keep the steps up to the restored stage; a partial or garbage line (a kill mid-write) goes."""
         path = self.run_dir / "log.jsonl"
         if not self.accelerator.is_main_process or not path.is_file():
             return
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= last_step]
+        keep = []
+        for ln in path.read_bytes().decode("utf-8", "replace").splitlines():
+            try:
+                entry = json.loads(ln)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= last_step:
+                keep.append(ln)
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     # ---- the run ---------------------------------------------------------------------------
     def execute(self) -> dict:
+        try:
+            self._setup()
+            return self._execute()
+        finally:
+            self.lock.release()
+
+    def _execute(self) -> dict:
         from forgetless.train import TaskLoop
 
-        self._setup()
         acc = self.accelerator
         start = self._last_stage() if self.resume else -1
         if start >= 0:
             self._restore(start)
+            self.saved_stage = start
         else:
+            self._truncate_log(0)
             row, ppl = self._evaluate_stage()
             self.baseline = row
             self.ppl.append(ppl)
@@ -284,7 +509,12 @@ class Run:
                     bar = progress.add_task(f"{t + 1}/{len(self.stream)} {task.name}", total=self.steps[t],
                                             loss=float("nan"), share=0.0, tps=0.0) if progress else None
 
-                    def on_step(s, bar=bar):
+                    def on_step(s, bar=bar, t=t, task=task):
+                        bad = next((v for v in (s.loss, s.extra_loss) if v is not None and not math.isfinite(v)), None)
+                        if bad is not None:
+                            raise InputError(f"non-finite loss ({bad}) at step {s.step}, task {t + 1} '{task.name}'; "
+                                             f"stages up to {self.saved_stage} are intact: lower train.lr (or check "
+                                             "the data), then rerun with --fresh")
                         if log_file is not None:
                             log_file.write(json.dumps(s.__dict__) + "\n")
                         if progress:
@@ -375,10 +605,29 @@ class _NoProgress(nullcontext):
         return False
 
 
-def run(cfg: Config, output_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
-        on_stage: Callable[[int], None] | None = None) -> dict:
-    """Run (or resume) one experiment; returns the results dict also written to results.json."""
+def load_results(run_dir: Path) -> dict:
+    path = Path(run_dir) / "results.json"
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise InputError(f"cannot read the results ({e}); pass --fresh to redo the run", file=str(path)) from None
+    if not isinstance(result, dict):
+        raise InputError("not a results object; pass --fresh to redo the run", file=str(path))
+    return result
+
+
+def run(cfg: Config, output_dir: str | Path | None = None, *, resume: bool = False, fresh: bool = False,
+        progress: bool = True, on_stage: Callable[[int], None] | None = None) -> dict:
+    """Run (or resume) one experiment; returns the results dict also written to results.json.
+
+    Resuming a finished run returns its results once its config and task data are checked to be
+    this run's. ``fresh`` deletes an existing run of that name (after every check passed)."""
     run_dir = run_dir_for(cfg, output_dir)
-    if resume and is_finished(run_dir):
-        return json.loads((run_dir / "results.json").read_text())
-    return Run(cfg, run_dir, resume=resume, progress=progress, on_stage=on_stage).execute()
+    if resume and not fresh and is_finished(run_dir):
+        check_same_run(cfg, run_dir)
+        return load_results(run_dir)
+    r = Run(cfg, run_dir, resume=resume, fresh=fresh, progress=progress, on_stage=on_stage)
+    try:
+        return r.execute()
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir, r.saved_stage) from None

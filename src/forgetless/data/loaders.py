@@ -12,6 +12,7 @@ The kind is inferred from the first record (``choices`` present -> multiple choi
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from pathlib import Path
@@ -19,48 +20,52 @@ from typing import Any, Iterator
 
 from forgetless.config import TaskFileConfig
 from forgetless.data.task import Example, Task
-from forgetless.errors import InputError
+from forgetless.errors import InputError, read_text
 
 Record = tuple[int | None, dict]  # (1-based line for JSONL/CSV, else None; the record)
 
 
 def read_jsonl(path: Path) -> Iterator[Record]:
     """(line, object) per non-blank line; InputError naming file and line on a bad one."""
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"malformed JSON ({e.msg})", file=str(path), line=i) from None
-            if not isinstance(rec, dict):
-                raise InputError("each line must be a JSON object", file=str(path), line=i)
-            yield i, rec
+    for i, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"malformed JSON ({e.msg})", file=str(path), line=i) from None
+        if not isinstance(rec, dict):
+            raise InputError("each line must be a JSON object", file=str(path), line=i)
+        yield i, rec
 
 
 def _json(path: Path) -> Iterator[Record]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON ({e.msg})", file=str(path), line=e.lineno) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
         raise InputError("a JSON task file must hold a list of objects", file=str(path))
-    for i, rec in enumerate(data):
+    for i, rec in enumerate(data, 1):
         if not isinstance(rec, dict):
             raise InputError(f"record {i} is not an object", file=str(path))
         yield None, rec
 
 
 def _csv(path: Path) -> Iterator[Record]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        start = 2
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    start = 2
+    try:
         for rec in reader:
+            if None in rec:  # more cells than header columns
+                raise InputError(f"{len(rec[None])} more cell(s) than the header has columns", file=str(path),
+                                 line=start)
             yield start, rec
             start = reader.line_num + 1
+    except csv.Error as e:
+        raise InputError(f"malformed CSV ({e})", file=str(path), line=reader.line_num) from None
 
 
 def _table_records(table) -> Iterator[Record]:
@@ -85,20 +90,45 @@ def _arrow_dir(path: Path):
     files = []
     state = path / "state.json"
     if state.is_file():
-        files = [path / f["filename"] for f in json.loads(state.read_text()).get("_data_files", [])]
+        meta = _json_file(state)
+        entries = meta.get("_data_files", []) if isinstance(meta, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(f, dict) and isinstance(f.get("filename"), str)
+                                                    for f in entries):
+            raise InputError("'_data_files' must be a list of {filename: ...}", file=str(state))
+        files = [path / f["filename"] for f in entries]
     if not files:
         files = sorted(path.glob("*.arrow"))
     if not files:
         raise InputError("no .arrow files (expected a dataset saved with save_to_disk)", file=str(path))
     tables = []
     for f in files:
+        if not f.is_file():
+            raise InputError("data file listed in state.json is missing", file=str(f))
         try:
-            with pa.ipc.open_stream(f) as reader:
-                tables.append(reader.read_all())
-        except pa.ArrowInvalid:
-            with pa.ipc.open_file(f) as reader:
-                tables.append(reader.read_all())
-    return pa.concat_tables(tables)
+            try:
+                with pa.ipc.open_stream(f) as reader:
+                    tables.append(reader.read_all())
+            except pa.ArrowInvalid:
+                with pa.ipc.open_file(f) as reader:
+                    tables.append(reader.read_all())
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"not a readable Arrow file ({_first_line(e)})", file=str(f)) from None
+    try:
+        return pa.concat_tables(tables)
+    except pa.ArrowException as e:
+        raise InputError(f"the .arrow files do not share one schema ({_first_line(e)})", file=str(path)) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _json_file(path: Path):
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON ({e.msg})", file=str(path), line=e.lineno) from None
 
 
 def read_splits(path: str | Path) -> dict[str, list[Record]]:
@@ -110,7 +140,10 @@ def read_splits(path: str | Path) -> dict[str, list[Record]]:
     if p.is_dir():
         dd = p / "dataset_dict.json"
         if dd.is_file():
-            splits = json.loads(dd.read_text()).get("splits", [])
+            meta = _json_file(dd)
+            splits = meta.get("splits", []) if isinstance(meta, dict) else None
+            if not isinstance(splits, list) or not all(isinstance(x, str) and x and "/" not in x for x in splits):
+                raise InputError("'splits' must be a list of split names", file=str(dd))
             return {s: list(_table_records(_arrow_dir(p / s))) for s in splits}
         return {"all": list(_table_records(_arrow_dir(p)))}
     suffix = p.suffix.lower()
@@ -120,6 +153,17 @@ def read_splits(path: str | Path) -> dict[str, list[Record]]:
         raise InputError(f"unknown task file type {suffix!r}; use one of {', '.join(readers)} "
                          "or a directory saved with save_to_disk", file=str(p))
     return {"all": list(readers[suffix](p))}
+
+
+def check_fields(records: list[Record], fields: dict[str, str], file: str) -> None:
+    """A ``fields`` entry naming a column the file does not have is a typo, not a no-op."""
+    if not records or not fields:
+        return
+    columns = set().union(*(rec.keys() for _, rec in records))
+    for ours, theirs in fields.items():
+        if theirs not in columns:
+            raise InputError(f"column {theirs!r} is not in the file (columns: {', '.join(sorted(map(str, columns)))})",
+                             file=file, field=f"fields.{ours}")
 
 
 def _rename(rec: dict, fields: dict[str, str]) -> dict:
@@ -140,14 +184,15 @@ def _text(rec: dict, key: str, err) -> str:
     if key not in rec or rec[key] is None:
         raise err("missing field", key)
     v = rec[key]
-    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-        raise err(f"must be a string, got {type(v).__name__}", key)
-    return str(v)
+    if not isinstance(v, str):  # a number (or NaN from a spreadsheet) is not silently made text
+        hint = " (quote it in the file)" if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+        raise err(f"must be a string, got {type(v).__name__} {v!r}{hint}", key)
+    return v
 
 
 def to_example(rec: dict, kind: str, file: str, line: int | None, index: int) -> Example:
     """One record -> Example, with an error naming file, line (or record) and field."""
-    def err(msg: str, field: str) -> InputError:
+    def err(msg: str, field: str) -> InputError:  # ``index`` is 1-based, like line numbers
         return InputError(msg if line is not None else f"record {index}: {msg}", file=file, line=line, field=field)
 
     if kind == "multiple_choice":
@@ -167,9 +212,15 @@ def to_example(rec: dict, kind: str, file: str, line: int | None, index: int) ->
                 raise err("must be a list (in CSV: a JSON list)", "choices") from None
         if not isinstance(choices, (list, tuple)):
             raise err(f"must be a list, got {type(choices).__name__}", "choices")
-        if not choices:
-            raise err("empty choices", "choices")
-        choices = tuple(str(c) for c in choices)
+        if len(choices) < 2:
+            raise err(f"needs at least 2 choices, got {len(choices)}", "choices")
+        bad = [c for c in choices if not isinstance(c, str) or c == ""]
+        if bad:
+            raise err(f"every choice must be a non-empty string, got {bad[0]!r}", "choices")
+        dup = next((c for i, c in enumerate(choices) if c in choices[:i]), None)
+        if dup is not None:
+            raise err(f"duplicate choice {dup!r}", "choices")
+        choices = tuple(choices)
         if "answer" not in rec or rec["answer"] is None:
             raise err("missing field", "answer")
         ans: Any = rec["answer"]
@@ -208,7 +259,8 @@ def to_example(rec: dict, kind: str, file: str, line: int | None, index: int) ->
 
 
 def _examples(records: list[Record], kind: str, file: str, fields: dict[str, str]) -> list[Example]:
-    return [to_example(_rename(rec, fields), kind, file, line, i) for i, (line, rec) in enumerate(records)]
+    check_fields(records, fields, file)
+    return [to_example(_rename(rec, fields), kind, file, line, i) for i, (line, rec) in enumerate(records, 1)]
 
 
 def load_task_file(cfg: TaskFileConfig, seed: int = 0) -> Task:

@@ -196,7 +196,9 @@ def read_texts(source: str | os.PathLike) -> list[str]:
             if obj["text"].strip():
                 docs.append(obj["text"])
         return docs
-    text = path.read_text(encoding="utf-8")
+    from forgetless.errors import read_text
+
+    text = read_text(path)
     return [d.strip() for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
 
 
@@ -325,6 +327,12 @@ class ReferenceStore:
         return ReferenceStore(directory)
 
 
+def _has_adapter(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(_unwrap(model), PeftModel)
+
+
 def _adapter_off(model):
     m = _unwrap(model)
     try:
@@ -432,6 +440,14 @@ class GeRe(BaseStrategy):
         self.store: ReferenceStore | None = None
         self.cache_key: str | None = None
         self._resumed_key: str | None = None
+        # the references belong to the starting model: its identity is taken now, before a resumed
+        # run loads trained weights, so a resume finds the same cache entry with LoRA or full FT
+        self._base_fp = _model_fingerprint(ctx.model) if ctx.model is not None else ""
+        if ctx.model is not None and ctx.tokenizer is not None:
+            self._ensure_samples()  # a bad general-text source fails before the run writes anything
+            if not _has_adapter(ctx.model):
+                # full fine-tuning: this is the only moment the starting weights exist
+                self._ensure_references()
         self.perm = np.zeros(0, dtype=np.int64)
         self.pos = 0
         self._tau: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -467,19 +483,21 @@ class GeRe(BaseStrategy):
         samples = self._ensure_samples()
         mcfg = self.ctx.config.model
         name = f"{mcfg.name}@{mcfg.revision}:{mcfg.dtype}"
-        self.cache_key = cache_key(name, samples, self._parts(), _model_fingerprint(self.ctx.model))
+        fp = self._base_fp or _model_fingerprint(self.ctx.model)
+        self.cache_key = cache_key(name, samples, self._parts(), fp)
         directory = self.cache_dir() / self.cache_key
-        if self._resumed_key is not None and not (directory / "meta.json").is_file():
-            from peft import PeftModel
-
-            if not isinstance(_unwrap(self.ctx.model), PeftModel):
-                raise RuntimeError(f"GeRe: reference activations {directory} are missing on resume and the "
-                                   "model has no adapter to disable, so the starting model cannot be recovered")
+        self._check_resumed_key()
         self.store, n_tok = compute_references(
             self.ctx.model, samples, directory, store_hidden=self.cfg.loss in ("tm", "l1", "l2"),
             top_k=self.cfg.kl_top_k if self.cfg.loss == "kl" else None,
             batch_size=self.cfg.ref_batch_size, device=self.ctx.device)
         self.ctx.counters.extra_forward_tokens += n_tok
+
+    def _check_resumed_key(self) -> None:
+        if self._resumed_key is not None and self.cache_key is not None and self._resumed_key != self.cache_key:
+            raise InputError(f"GeRe: the run's reference activations ({self._resumed_key}) are not those of "
+                             f"this starting model and general samples ({self.cache_key}); resume with the same "
+                             "model and replay.gere settings", field="model.name")
 
     def thresholds(self) -> tuple[torch.Tensor, torch.Tensor]:
         tp, tn = self.store.stats.thresholds(self.cfg.k)
@@ -575,3 +593,4 @@ class GeRe(BaseStrategy):
         self.pos = int(d["pos"])
         self.rng.bit_generator.state = d["rng"]
         self._resumed_key = d.get("cache_key")
+        self._check_resumed_key()
