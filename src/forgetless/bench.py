@@ -148,31 +148,60 @@ def _run_one(cfg_json: dict, runs_dir: str, progress: bool) -> dict:
     return experiment.run(_Config.model_validate(cfg_json), runs_dir, resume=True, progress=progress)
 
 
+def grid_configs(cfg: Config, strategies: list[str], seeds: list[int], orders: int) -> list[tuple[int, Config]]:
+    """(order index, run config) of every grid cell, validated like a user's config."""
+    from forgetless.config import from_dict
+    from forgetless.errors import InputError
+    from forgetless.replay.compose import check_names
+
+    if not strategies or any(not s.strip() for s in strategies):
+        raise InputError(f"need one or more strategy names, got {strategies!r}", field="--strategies")
+    if not seeds:
+        raise InputError("need at least one seed", field="--seeds")
+    if orders < 1:
+        raise InputError(f"need at least one task order, got {orders}", field="--orders")
+    for s in strategies:
+        check_names(s.split("+"))
+    cells = []
+    for o in range(orders):
+        for s in strategies:
+            for seed in seeds:
+                raw = cfg.model_dump(mode="json")
+                raw.update(name=run_name(s, seed, o), seed=seed)
+                raw["replay"]["strategy"] = s
+                raw["data"]["order"] = cfg.data.order if o == 0 else task_order(len(cfg.data.tasks), o)
+                cells.append((o, from_dict(raw, f"bench run {raw['name']}")))
+    return cells
+
+
 def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int = 1, out: Path,
-          jobs: int = 1, progress: bool = True, on_run: Callable[[int, int, dict], None] | None = None) -> dict:
-    """Run the grid (skipping finished runs) and write bench.json, bench.md and plots under ``out``.
+          jobs: int = 1, progress: bool = True, on_run: Callable[[int, int, dict], None] | None = None,
+          fresh: bool = False) -> dict:
+    """Run the grid (reusing finished runs) and write bench.json, bench.md and plots under ``out``.
+
+    A run directory already there is reused only when its config and task data are this grid
+    cell's (experiment.check_same_run); otherwise nothing runs and the error names the field.
+    ``fresh`` deletes ``out`` first, once every check has passed.
 
     ``jobs`` > 1 runs that many runs at once in worker processes (each with ``train.cpu_threads``
     threads): the demo uses 2 on a 2-core machine. Wall-clock ratios are then measured under that
     shared load; use jobs=1 for timing comparisons.
     """
+    import shutil
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    from forgetless.replay.compose import check_names
-
-    for s in strategies:
-        check_names(s.split("+"))
     out = Path(out)
-    grid = [(o, s, seed) for o in range(orders) for s in strategies for seed in seeds]
-    cells = []
-    for o, s, seed in grid:
-        run_cfg = cfg.model_copy(deep=True)
-        run_cfg.name = run_name(s, seed, o)
-        run_cfg.seed = seed
-        run_cfg.replay.strategy = s
-        run_cfg.data.order = cfg.data.order if o == 0 else task_order(len(cfg.data.tasks), o)
-        cells.append(run_cfg.model_dump(mode="json"))
+    grid_cfgs = grid_configs(cfg, strategies, seeds, orders)
+    for _, c in grid_cfgs:
+        run_dir = experiment.run_dir_for(c, out / "runs")
+        experiment.check_writable(run_dir)
+        if not fresh and (run_dir / "config.yaml").is_file():
+            experiment.check_config(c, run_dir)  # task data are checked by each run itself
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    grid = [(o, c.replay.strategy, c.seed) for o, c in grid_cfgs]
+    cells = [c.model_dump(mode="json") for _, c in grid_cfgs]
     results: list[dict | None] = [None] * len(grid)
     t_start = time.perf_counter()
     if jobs <= 1:

@@ -46,6 +46,10 @@ def data_show(task: str = typer.Argument(..., help="Built-in task name, or a tas
     """Print examples of a task."""
     from forgetless.data import load_task
 
+    if n < 0:
+        raise InputError(f"-n must be 0 or more, got {n}")
+    if split not in ("train", "test"):
+        raise InputError(f"--split must be 'train' or 'test', got {split!r}")
     t = load_task(task, seed=seed)
     examples = t.train if split == "train" else t.test
     console.print(f"[bold]{t.name}[/bold] ({t.kind}, {len(t.train)} train / {len(t.test)} test) — {t.source}")
@@ -88,13 +92,16 @@ def run(config: str = typer.Argument(..., help="YAML config file."),
         set_: list[str] = typer.Option([], "--set", help="Override a config value: key.sub=value (repeatable)."),
         output: Optional[str] = typer.Option(None, "--output", help="Parent directory of the run (default: config output_dir)."),
         resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last finished stage."),
+        fresh: bool = typer.Option(False, "--fresh", help="Delete an existing run of this name and start over."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
     """Train one model on a stream of tasks with one replay strategy."""
     from forgetless import bench, experiment
     from forgetless.config import load_config
 
+    if resume and fresh:
+        raise InputError("--resume and --fresh exclude each other")
     cfg = load_config(config, set_)
-    result = experiment.run(cfg, output, resume=resume, progress=not quiet)
+    result = experiment.run(cfg, output, resume=resume, fresh=fresh, progress=not quiet)
     run_dir = experiment.run_dir_for(cfg, output)
     if _is_main():
         console.print(_metrics_table(bench.aggregate([bench.summarize(result)], [result["strategy"]]), f"run {cfg.name}"))
@@ -115,10 +122,6 @@ def demo(quick: bool = typer.Option(False, "--quick", help="Fewer tasks, steps a
     cfg = bench.demo_config(quick)
     strategies = bench.QUICK_STRATEGIES if quick else bench.DEMO_STRATEGIES
     out = Path(output) / ("quick" if quick else "full")
-    if fresh and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
     console.print(f"demo: {len(strategies)} strategies on {', '.join(cfg.data.tasks)} "
                   f"({cfg.train.steps_per_task} steps per task, tiny model) -> {out}")
 
@@ -126,7 +129,8 @@ def demo(quick: bool = typer.Option(False, "--quick", help="Fewer tasks, steps a
         m = res["metrics"]
         console.print(f"[{i}/{n}] {res['strategy']:<20} AP {m['ap']:.3f}  BWT {m['bwt']:.3f}")
 
-    payload = bench.bench(cfg, strategies, [cfg.seed], out=out, jobs=jobs, progress=not quiet, on_run=on_run)
+    payload = bench.bench(cfg, strategies, [cfg.seed], out=out, jobs=jobs, progress=not quiet, on_run=on_run,
+                          fresh=fresh)
     console.print(_metrics_table(payload["rows"], "forgetting and its cure (tiny model, built-in tasks)"))
     console.print(f"table: {out / 'bench.md'}  plots: {out / 'plots'}")
 
@@ -140,6 +144,8 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
               set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
               output: Optional[str] = typer.Option(None, "--output", help="Bench directory (default bench/<name>)."),
               jobs: int = typer.Option(1, "--jobs", help="Runs at once; 1 keeps wall-clock ratios clean."),
+              fresh: bool = typer.Option(False, "--fresh", help="Delete this bench's earlier runs first "
+                                         "(finished runs with the same config are reused otherwise)."),
               quiet: bool = typer.Option(False, "--quiet")) -> None:
     """Compare strategies over seeds (and task orders) at equal replay budget; resumable."""
     from pathlib import Path
@@ -151,7 +157,7 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
         cfg = from_dict(apply_overrides(bench.demo_config().model_dump(mode="json"), set_), "demo config")
     else:
         cfg = load_config(config, set_)
-    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else list(bench.DEMO_STRATEGIES)
+    names = [s.strip() for s in strategies.split(",")] if strategies is not None else list(bench.DEMO_STRATEGIES)
     out = Path(output) if output else Path("bench") / cfg.name
     t0 = __import__("time").perf_counter()
 
@@ -160,7 +166,10 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
         console.print(f"[{i}/{n}] {res['strategy']} seed {res['seed']}: AP {res['metrics']['ap']:.3f}  "
                       f"(elapsed {el:.0f}s, ETA {el / i * (n - i):.0f}s)")
 
-    payload = bench.bench(cfg, names, list(range(seeds)), orders=orders, out=out, jobs=jobs, progress=not quiet, on_run=on_run)
+    if seeds < 1 or orders < 1 or jobs < 1:
+        raise InputError(f"--seeds, --orders and --jobs must be at least 1 (got {seeds}, {orders}, {jobs})")
+    payload = bench.bench(cfg, names, list(range(seeds)), orders=orders, out=out, jobs=jobs, progress=not quiet,
+                          on_run=on_run, fresh=fresh)
     console.print(_metrics_table(payload["rows"], f"bench {out}"))
     console.print(f"table: {out / 'bench.md'}")
 
@@ -183,11 +192,27 @@ def _is_main() -> bool:
 
 
 def main() -> None:
+    """One line on stderr for every failure a user can act on: bad input (exit 2), Ctrl-C during a
+    run (130), a full disk (1); tracebacks are left for bugs."""
+    import errno
+
+    from forgetless.experiment import RunInterrupted
+
+    def fail(msg: str, code: int) -> None:
+        Console(stderr=True).print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+        sys.exit(code)
+
     try:
         app()
     except InputError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(InputError.exit_code)
+        fail(str(e), InputError.exit_code)
+    except RunInterrupted as e:
+        fail(str(e), 130)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        fail(f"no space left on the device while writing {e.filename or 'a file'}; free space, then continue "
+             "with --resume", 1)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def load_tokenizer(name: str = "tiny", *, revision: str | None = None, trust_rem
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
                                             local_files_only=local)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - e.g. TypeError for a config.json that is a list
         raise InputError(f"cannot load tokenizer of {name!r}: {_first_line(e)}", field="model.name") from e
     if tok.pad_token is None:
         if tok.eos_token is None:
@@ -80,11 +80,14 @@ def load_model(cfg: ModelConfig, device=None):
         "cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(cfg.name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     path, local = _source(cfg.name)
+    if local:
+        _refuse_pickle_weights(Path(path), cfg.name)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
             dtype=resolve_dtype(cfg.dtype, device), local_files_only=local)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - a corrupt safetensors or a config.json that is a list raise
+        # SafetensorError, TypeError, ...: all are a bad model directory, reported in one line
         raise InputError(f"cannot load model {cfg.name!r}: {_first_line(e)}", field="model.name") from e
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -95,6 +98,16 @@ def load_model(cfg: ModelConfig, device=None):
         for p in model.parameters():
             p.requires_grad_(True)
     return model, tokenizer
+
+
+def _refuse_pickle_weights(path: Path, name: str) -> None:
+    """Weights are data: a directory whose only weights are pickles (.bin/.pt/.pth) is refused."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for ext in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in path.glob(ext))
+    if pickles:
+        raise InputError(f"model {name!r} has only pickle weights ({pickles[0]}); forgetless loads safetensors "
+                         "only (convert with save_pretrained(..., safe_serialization=True))", field="model.name")
 
 
 def _linear_names(model) -> list[str]:

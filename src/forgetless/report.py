@@ -20,11 +20,17 @@ def _fmt(x, digits=3) -> str:
 
 
 def accuracy_csv(result: dict) -> str:
+    """Written with the csv module, so a task name with a comma or quote stays one cell."""
+    import csv
+
     names = result["tasks"]
-    lines = ["after_task," + ",".join(names), "start," + ",".join(f"{v:.4f}" for v in result["baseline_acc"])]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["after_task", *names])
+    w.writerow(["start", *(f"{v:.4f}" for v in result["baseline_acc"])])
     for name, row in zip(names, result["acc"]):
-        lines.append(name + "," + ",".join(f"{v:.4f}" for v in row))
-    return "\n".join(lines) + "\n"
+        w.writerow([name, *(f"{v:.4f}" for v in row)])
+    return buf.getvalue()
 
 
 def report_md(result: dict) -> str:
@@ -103,12 +109,15 @@ def write_plots(run_dir: Path, result: dict) -> None:
     save_png(fig, run_dir / "plots" / "task_accuracy.png")
 
 
-def write_outputs(run_dir: Path, result: dict) -> None:
+def write_outputs(run_dir: Path, result: dict, results_too: bool = True) -> None:
+    """Everything rendered first (in memory), then written; results.json last: it marks the run finished."""
     run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "accuracy_matrix.csv", accuracy_csv(result))
+    csv_text, md = accuracy_csv(result), report_md(result)
     write_plots(run_dir, result)
-    atomic_write_text(run_dir / "report.md", report_md(result))
-    atomic_write_text(run_dir / "results.json", json.dumps(result, indent=1))  # last: marks the run finished
+    atomic_write_text(run_dir / "accuracy_matrix.csv", csv_text)
+    atomic_write_text(run_dir / "report.md", md)
+    if results_too:
+        atomic_write_text(run_dir / "results.json", json.dumps(result, indent=1))
 
 
 def rerender(run_dir: Path) -> dict:
@@ -119,8 +128,23 @@ def rerender(run_dir: Path) -> dict:
     if not path.is_file():
         raise InputError("no results.json (is the run finished?)", file=str(path))
     try:
-        result = json.loads(path.read_text())
+        result = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"not valid JSON ({e.msg})", file=str(path), line=e.lineno) from None
-    write_outputs(Path(run_dir), result)
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte {e.start})", file=str(path)) from None
+    if not isinstance(result, dict):
+        raise InputError("must hold a JSON object", file=str(path))
+    missing = [k for k in REQUIRED_KEYS if k not in result]
+    if missing:
+        raise InputError(f"lacks key(s) {', '.join(missing)} (not a forgetless results file?)", file=str(path))
+    try:
+        write_outputs(Path(run_dir), result, results_too=False)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise InputError(f"a field has an unexpected shape or type ({type(e).__name__}: {e})", file=str(path)) from None
     return result
+
+
+# what report.md, the CSV and the plots read
+REQUIRED_KEYS = ("name", "tasks", "acc", "baseline_acc", "metrics", "general_ppl", "counters", "replay_events",
+                 "strategy", "model", "seed")
