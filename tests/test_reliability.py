@@ -371,7 +371,8 @@ def test_damaged_last_stage_falls_back_to_the_one_before(finished, tmp_path, cap
         assert experiment.verify_stage(run_dir / "stages" / k) is None
 
 
-@pytest.mark.parametrize("damage", ["missing loop.json", "empty stage directory", "bad state file"])
+@pytest.mark.parametrize("damage", ["missing loop.json", "empty stage directory", "bad state file",
+                                    "truncated weights"])
 def test_other_stage_damage_is_named(finished, tmp_path, capsys, damage):
     tmp, _, full_dir, _ = finished
     run_dir = tmp_path / "o" / "t"
@@ -385,9 +386,13 @@ def test_other_stage_damage_is_named(finished, tmp_path, capsys, damage):
         shutil.rmtree(st)
         st.mkdir()
         named = f"{st / 'manifest.json'} is missing"
-    else:
+    elif damage == "bad state file":
         (st / "strategy.json").write_text("{not json")
         named = f"{st / 'strategy.json'} is damaged"
+    else:
+        w = st / "trainable.safetensors"
+        w.write_bytes(w.read_bytes()[:100])
+        named = f"{w} is damaged"
     r = experiment.Run(load_config(run_dir / "config.yaml"), run_dir, resume=True, progress=False)
     r._setup()
     try:

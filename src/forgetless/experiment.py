@@ -163,8 +163,11 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; runs there are not protected against a second writer
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
