@@ -206,7 +206,11 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
     t_start = time.perf_counter()
     if jobs <= 1:
         for i, c in enumerate(cells):
-            results[i] = _run_one(c, str(out / "runs"), progress)
+            try:
+                results[i] = _run_one(c, str(out / "runs"), progress)
+            except experiment.RunInterrupted as e:  # finished runs are reused, so the same command continues
+                raise experiment.RunInterrupted(e.run_dir, e.stage, "run the same command again to continue "
+                                                f"({e.run_dir.name} resumes from there)") from None
             if on_run is not None:
                 on_run(i + 1, len(grid), results[i])
     else:

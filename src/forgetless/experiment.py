@@ -53,9 +53,9 @@ def is_finished(run_dir: Path) -> bool:
 class RunInterrupted(Exception):
     """Ctrl-C during a run; ``stage`` is the last stage on disk (-1: none)."""
 
-    def __init__(self, run_dir: Path, stage: int):
+    def __init__(self, run_dir: Path, stage: int, hint: str = "continue with --resume"):
         where = f"after stage {stage}" if stage >= 0 else "before the first stage"
-        super().__init__(f"interrupted {where}; continue with --resume")
+        super().__init__(f"interrupted {where}; {hint}")
         self.run_dir, self.stage = run_dir, stage
 
 
