@@ -286,6 +286,10 @@ def test_resume_refuses_edited_task_file(finished, tmp_path, capsys):
         (tmp / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         with pytest.raises(InputError, match=r"task 'mine' \(.*mine\.jsonl\) changed since the run started"):
             experiment.run(load_config(out / "t" / "config.yaml"), out, resume=True, progress=False)
+        shutil.copytree(out / "t", tmp_path / "k" / "t")  # the same, killed before it finished
+        (tmp_path / "k" / "t" / "results.json").unlink()
+        with pytest.raises(InputError, match=r"task 'mine' \(.*mine\.jsonl\) changed since the run started"):
+            experiment.run(load_config(out / "t" / "config.yaml"), tmp_path / "k", resume=True, progress=False)
     finally:
         shutil.copy(tmp_path / "orig.jsonl", tmp / "mine.jsonl")
     experiment.run(load_config(out / "t" / "config.yaml"), out, resume=True, progress=False)  # restored: fine

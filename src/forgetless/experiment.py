@@ -195,8 +195,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_stage(d: Path) -> str | None:
-    """None if the stage's files match the sha256 recorded when it was written, else what is wrong."""
+def verify_stage(d: Path, only: tuple[str, ...] | None = None) -> str | None:
+    """None if the stage's files (or those named in ``only``) match the sha256 recorded when it
+    was written, else what is wrong."""
     m = d / MANIFEST
     if not m.is_file():
         return f"{m} is missing"
@@ -205,7 +206,12 @@ def verify_stage(d: Path) -> str | None:
         assert isinstance(files, dict) and files
     except (ValueError, KeyError, TypeError, AssertionError):
         return f"{m} is damaged"
+    for name in only or ():
+        if name not in files:
+            return f"{d / name} is not in {m}"
     for name, digest in files.items():
+        if only is not None and name not in only:
+            continue
         f = d / name
         if not f.is_file():
             return f"{f} is missing"
@@ -419,16 +425,24 @@ class Run:
             self.on_stage(k)
 
     def _last_stage(self) -> int:
-        """The last stage that, with every stage before it, is intact. A damaged stage (and any
-        after it) is reported in one line and removed, so the run continues from the one before."""
+        """The last stage that is intact, with the loop state of every stage before it (all that
+        restoring reads of them: hashing every stage's weights would cost minutes for a large fully
+        fine-tuned model). A damaged stage, and any after it, is named in one line and removed, so
+        the run continues from the one before."""
         stages = self.run_dir / "stages"
         done = sorted(int(p.name) for p in stages.iterdir() if p.name.isdigit()) if stages.is_dir() else []
         good, problem = -1, None
         for k in done:
-            problem = f"stage {good + 1} is missing" if k != good + 1 else verify_stage(self._stage_dir(k))
+            problem = f"stage {good + 1} is missing" if k != good + 1 else \
+                verify_stage(self._stage_dir(k), ("loop.json", "loop.npz"))
             if problem is not None:
                 break
             good = k
+        while good >= 0:
+            last = verify_stage(self._stage_dir(good))
+            if last is None:
+                break
+            problem, good = last, good - 1
         if problem is not None:
             if self.accelerator.is_main_process:
                 then = f"resuming from stage {good}" if good >= 0 else "starting over"
