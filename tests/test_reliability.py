@@ -200,6 +200,8 @@ ERROR_CASES = [
     ("bench --seeds 0", _bench("--seeds", "0"), 2, "--seeds, --orders and --jobs must be at least 1"),
     ("bench --orders 0", _bench("--orders", "0"), 2, "must be at least 1"),
     ("bench --strategies ,", _bench("--strategies", ","), 2, "field '--strategies': need one or more"),
+    ("bench, missing gere source", _bench("--strategies", "none,gere", "--set", "replay.gere.source=/nope.txt"), 2,
+     "/nope.txt, field 'replay.gere.source': general-text source not found"),
     ("data show -n -1", lambda tmp: ["data", "show", "first_word", "-n", "-1"], 2, "-n must be 0 or more"),
     ("data show --split bogus", lambda tmp: ["data", "show", "first_word", "--split", "bogus"], 2,
      "--split must be 'train' or 'test'"),
