@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from forgetless import bench, experiment
+from forgetless import bench, experiment, rundir
 from forgetless.config import load_config
 from forgetless.errors import InputError
 
@@ -257,7 +257,7 @@ def test_non_finite_loss_stops_with_intact_stages(tmp_path, capsys):
     line = _one_line(err)
     assert status == 2 and "non-finite loss" in line and "task 1 'first_word'" in line
     stages = tmp_path / "o" / "t" / "stages"
-    assert [p.name for p in stages.iterdir()] == ["0"] and experiment.verify_stage(stages / "0") is None
+    assert [p.name for p in stages.iterdir()] == ["0"] and rundir.verify_stage(stages / "0") is None
     assert not (tmp_path / "o" / "t" / "results.json").exists()
 
 
@@ -322,9 +322,9 @@ def test_second_writer_is_refused_and_stale_lock_taken_over(tmp_path, capsys):
     _, cfg = _files(tmp_path, **{"data.tasks": ["first_word"]})
     run_dir = tmp_path / "o" / "t"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[2]); from forgetless.experiment import RunLock; "
+        "import sys, time; sys.path.insert(0, sys.argv[2]); from forgetless.rundir import RunLock; "
         "l = RunLock(sys.argv[1]); l.acquire(); print('held', flush=True); time.sleep(60)"),
-        str(run_dir), str(Path(experiment.__file__).parents[1])], stdout=subprocess.PIPE, text=True)
+        str(run_dir), str(Path(rundir.__file__).parents[1])], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         status, err = _cli(capsys, "run", cfg, "--output", tmp_path / "o", "--quiet")
@@ -374,7 +374,7 @@ def test_damaged_last_stage_falls_back_to_the_one_before(finished, tmp_path, cap
     log = [json.loads(ln)["step"] for ln in (run_dir / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3, 4]
     for k in ("0", "1", "2"):
-        assert experiment.verify_stage(run_dir / "stages" / k) is None
+        assert rundir.verify_stage(run_dir / "stages" / k) is None
 
 
 @pytest.mark.parametrize("damage", ["missing loop.json", "empty stage directory", "bad state file",

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from forgetless import experiment, metrics
+from forgetless import experiment, metrics, rundir
 from forgetless.config import Config
 from forgetless.state import atomic_write_text
 
@@ -199,9 +199,9 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
     grid_cfgs = grid_configs(cfg, strategies, seeds, orders)
     for _, c in grid_cfgs:
         run_dir = experiment.run_dir_for(c, out / "runs")
-        experiment.check_writable(run_dir)
+        rundir.check_writable(run_dir)
         if not fresh and (run_dir / "config.yaml").is_file():
-            experiment.check_config(c, run_dir)  # task data are checked by each run itself
+            rundir.check_config(c, run_dir)  # task data are checked by each run itself
     if fresh and out.exists():
         shutil.rmtree(out)
     grid = [(o, c.replay.strategy, c.seed) for o, c in grid_cfgs]

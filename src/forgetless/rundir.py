@@ -1,0 +1,192 @@
+"""The run directory's guards: checks before anything is written, fingerprints of the config
+and task data (compared on resume and reuse), the one-writer lock, and stage manifests (sha256
+of each file, verified on resume). experiment.py runs; this module decides what may be trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from forgetless.config import Config, load_config
+from forgetless.errors import InputError
+
+FINGERPRINTS = "fingerprints.json"
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+FRESH_HINT = "choose another name or --output, or pass --fresh to start over"
+
+
+# ---- checks before anything is written ---------------------------------------------------------
+
+def check_writable(run_dir: Path) -> None:
+    """The run directory can be created and written: no file in the way, a writable ancestor."""
+    run_dir = Path(run_dir)
+    for p in (run_dir, *run_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "run directory" if p == run_dir else "output directory"
+                raise InputError(f"the {what} path is a file, not a directory", file=str(p), field="output_dir")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise InputError("directory is not writable", file=str(p), field="output_dir")
+            return
+
+
+def config_fingerprint(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def task_fingerprint(task) -> str:
+    """The examples after loading (caps and order applied), so an edited task file is noticed."""
+    h = hashlib.sha256(json.dumps([task.name, task.kind]).encode())
+    for split in (task.train, task.test):
+        h.update(b"\x00split")
+        for ex in split:
+            h.update(json.dumps([ex.prompt, ex.target, ex.choices, ex.answer]).encode())
+    return h.hexdigest()
+
+
+def fingerprints(cfg: Config, stream) -> dict:
+    return {"config": config_fingerprint(cfg),
+            "tasks": [{"name": t.name, "source": t.source, "sha256": task_fingerprint(t)} for t in stream.tasks]}
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """Dotted path of the first field where two JSON-like values differ (None: equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            d = first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+            if d is not None:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = first_difference(x, y, f"{path}.{i}")
+            if d is not None:
+                return d
+        return None
+    return None if a == b else (path or "(root)")
+
+
+def _lookup(d: Any, path: str) -> Any:
+    for part in path.split("."):
+        d = d[int(part)] if isinstance(d, list) else (d or {}).get(part)
+    return d
+
+
+def check_config(cfg: Config, run_dir: Path) -> None:
+    """The run directory's config is this one (compared as validated configs, so an option added
+    later with a default that keeps the old behaviour does not orphan finished runs)."""
+    existing = Path(run_dir) / "config.yaml"
+    old = load_config(existing)
+    if old != cfg:
+        a, b = old.model_dump(mode="json"), cfg.model_dump(mode="json")
+        field = first_difference(a, b) or "(root)"
+        raise InputError(f"the config differs in field '{field}' (the run has {_lookup(a, field)!r}, this "
+                         f"config {_lookup(b, field)!r}); {FRESH_HINT}", file=str(existing))
+
+
+def check_data(stream, run_dir: Path) -> None:
+    """Every task's examples are those the run started with (runs from before fingerprints pass)."""
+    path = Path(run_dir) / FINGERPRINTS
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_text())["tasks"]
+        stored = {t["name"]: t for t in stored}
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"damaged fingerprint file; {FRESH_HINT}", file=str(path)) from None
+    for t in stream.tasks:
+        old = stored.get(t.name)
+        if old is None or old.get("sha256") != task_fingerprint(t):
+            raise InputError(f"task '{t.name}' ({t.source}) changed since the run started; {FRESH_HINT}",
+                             file=str(path))
+
+
+def check_same_run(cfg: Config, run_dir: Path, stream=None) -> None:
+    """Refuse to continue or reuse a run made with another config or other task data."""
+    from forgetless.data import load_stream
+
+    check_config(cfg, run_dir)
+    check_data(stream if stream is not None else load_stream(cfg.data, cfg.seed), run_dir)
+
+
+class RunLock:
+    """One writer per run directory: an exclusive ``flock`` on ``<run>/.lock``, which holds the
+    writer's PID. The kernel drops the lock when its process dies, so a stale lock (a killed run)
+    is simply taken over."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; runs there are not protected against a second writer
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(f"run directory {self.path.parent} is in use by process {holder}; wait for it to end "
+                             "or choose another name") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_stage(d: Path, only: tuple[str, ...] | None = None) -> str | None:
+    """None if the stage's files (or those named in ``only``) match the sha256 recorded when it
+    was written, else what is wrong."""
+    m = d / MANIFEST
+    if not m.is_file():
+        return f"{m} is missing"
+    try:
+        files = json.loads(m.read_text())["files"]
+        assert isinstance(files, dict) and files
+    except (ValueError, KeyError, TypeError, AssertionError):
+        return f"{m} is damaged"
+    for name in only or ():
+        if name not in files:
+            return f"{d / name} is not in {m}"
+    for name, digest in files.items():
+        if only is not None and name not in only:
+            continue
+        f = d / name
+        if not f.is_file():
+            return f"{f} is missing"
+        if sha256_file(f) != digest:
+            return f"{f} is damaged (its sha256 differs from the one recorded when it was written)"
+    return None
+
+
+def load_results(run_dir: Path) -> dict:
+    path = Path(run_dir) / "results.json"
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise InputError(f"cannot read the results ({e}); pass --fresh to redo the run", file=str(path)) from None
+    if not isinstance(result, dict):
+        raise InputError("not a results object; pass --fresh to redo the run", file=str(path))
+    return result
