@@ -69,12 +69,10 @@ def _one_line(err: str) -> str:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """One uninterrupted run (CLI), shared by the change-detection and integrity tests."""
+    """One uninterrupted run, shared by the change-detection and integrity tests."""
     tmp = tmp_path_factory.mktemp("fin")
     task, cfg = _files(tmp)
-    r = subprocess.run([sys.executable, "-m", "forgetless", "run", str(cfg), "--output", str(tmp / "o"), "--quiet"],
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    experiment.run(load_config(cfg), tmp / "o", progress=False)
     return tmp, cfg, tmp / "o" / "t", json.loads((tmp / "o" / "t" / "results.json").read_text())
 
 

@@ -162,10 +162,9 @@ def grid_configs(cfg: Config, strategies: list[str], seeds: list[int], orders: i
         raise InputError(f"need at least one task order, got {orders}", field="--orders")
     for s in strategies:
         check_names(s.split("+"))
-    if cfg.replay.gere.source is not None and any("gere" in s.split("+") for s in strategies):
-        from forgetless.replay.gere import read_texts
+    from forgetless.replay.gere import check_source
 
-        read_texts(cfg.replay.gere.source)  # a bad source fails before the first run, not midway
+    check_source(cfg.replay.gere.source, strategies)  # before the first run, not midway
     cells = []
     for o in range(orders):
         for s in strategies:

@@ -119,6 +119,7 @@ class Run:
         from forgetless.data.tokenize import tokenize_stream
         from forgetless.model import load_model
         from forgetless.replay.compose import build_strategy, check_names
+        from forgetless.replay.gere import check_source
         from forgetless.train import steps_for_task
 
         cfg = self.cfg
@@ -130,6 +131,7 @@ class Run:
         if self.accelerator.num_processes > 1 and cfg.train.batch_size < self.accelerator.num_processes:
             raise InputError("train.batch_size must be at least the number of processes")
         check_writable(self.run_dir)
+        check_source(cfg.replay.gere.source, ["+".join(cfg.replay.strategies)])
         self.stream = load_stream(cfg.data, cfg.seed)
         self._prepare_dir()
         model, self.tokenizer = load_model(cfg.model, device=self.accelerator.device)

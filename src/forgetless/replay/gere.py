@@ -202,6 +202,12 @@ def read_texts(source: str | os.PathLike) -> list[str]:
     return [d.strip() for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
 
 
+def check_source(source: str | None, strategies: list[str]) -> None:
+    """A bad general-text source fails before a model loads or anything is written."""
+    if source is not None and any("gere" in s.split("+") for s in strategies):
+        read_texts(source)
+
+
 def _adds_bos(tokenizer) -> bool:
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
