@@ -97,17 +97,31 @@ class Run:
         """Written once everything loaded, so a bad model name or task file leaves no run directory.
         The lock is taken here, and the checks repeated under it (another writer may have run)."""
         acc = self.accelerator
+        refused = None
         if acc.is_main_process:
-            self.lock.acquire()
-            self._prepare_dir()
-            if self.fresh:
-                for p in self.run_dir.iterdir():
-                    if p.name != LOCK:
-                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-            path = self.run_dir / "config.yaml"
-            if not path.is_file():
-                atomic_write_text(self.run_dir / FINGERPRINTS, json.dumps(fingerprints(self.cfg, self.stream), indent=1))
-                atomic_write_text(path, dump_config(self.cfg))
+            try:
+                self.lock.acquire()
+                self._prepare_dir()
+            except InputError as e:
+                refused = e
+            else:
+                if self.fresh:
+                    for p in self.run_dir.iterdir():
+                        if p.name != LOCK:
+                            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                path = self.run_dir / "config.yaml"
+                if not path.is_file():
+                    atomic_write_text(self.run_dir / FINGERPRINTS,
+                                      json.dumps(fingerprints(self.cfg, self.stream), indent=1))
+                    atomic_write_text(path, dump_config(self.cfg))
+        if acc.num_processes > 1:  # every process stops, none waits for a main process that refused
+            from accelerate.utils import broadcast_object_list
+
+            msg = broadcast_object_list([str(refused) if refused is not None else None])[0]
+            if msg is not None and refused is None:
+                refused = InputError(msg)
+        if refused is not None:
+            raise refused
         acc.wait_for_everyone()
 
     def _setup(self) -> None:
