@@ -127,18 +127,20 @@ def test_same_replay_decisions_as_forgetless_run(tmp_path, monkeypatch, strategy
 
 
 def test_replay_forgets_less_than_none(tmp_path):
-    """Full fine-tuning (the tiny model learns little with LoRA in few steps), 80 steps per task."""
+    """Full fine-tuning (LoRA learns too slowly on the tiny model), unicode_letter then first_word:
+    30 steps learn the first task, the second one wipes it out without replay."""
     out = {}
     for strategy in ("none", "mssr"):
-        cfg = _cfg(**{"replay.strategy": strategy, "model.lora.enabled": False, "data.n_train": 200,
-                      "data.n_test": 30, "train.batch_size": 16, "train.steps_per_task": 80, "replay.memory.size": 200,
-                      "seed": 0})
+        cfg = _cfg(**{"replay.strategy": strategy, "model.lora.enabled": False, "seed": 0,
+                      "data.tasks": ["unicode_letter", "first_word"], "data.n_train": 200, "data.n_test": 40,
+                      "eval.batch_size": 40, "train.batch_size": 16, "train.steps_per_task": 30,
+                      "replay.memory.size": 200})
         out[strategy] = _trainer(cfg, tmp_path / strategy, logging_steps=1000).train_stream(cfg.data.tasks)
     none, mssr = out["none"], out["mssr"]
     assert none["replay_events"] == [] and len(mssr["replay_events"]) > 5
-    assert none["acc"][0][0] >= 0.2  # task 1 was learned, then forgotten without replay
-    assert mssr["metrics"]["forgetting"] < none["metrics"]["forgetting"] - 0.05
-    assert mssr["metrics"]["bwt"] > none["metrics"]["bwt"]
+    assert none["acc"][0][0] >= 0.4 and none["metrics"]["forgetting"] >= 0.3  # learned, then forgotten
+    assert mssr["metrics"]["forgetting"] < none["metrics"]["forgetting"] - 0.3
+    assert mssr["metrics"]["bwt"] > none["metrics"]["bwt"] + 0.3
 
 
 def test_gradient_accumulation_gives_the_same_observed_losses(tmp_path):
