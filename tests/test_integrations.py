@@ -235,3 +235,51 @@ def test_sft_trainer_with_the_mixin(tmp_path):
     assert all((s.labels == -100).any() and (s.labels != -100).any() for s in samples)  # completion-only loss
     assert [s for s, _, _ in obs] == list(range(1, 13))
     assert {i for _, ids, _ in obs[6:] for i in ids} & set(range(24))  # task 1 samples replayed in task 2
+
+
+MP = """
+import json, sys
+import numpy as np, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from forgetless.experiment import to_jsonable
+from test_integrations import _cfg, _record, _trainer
+
+cfg = _cfg()
+tr = _trainer(cfg, {out!r}, accum=1, per_device_train_batch_size=cfg.train.batch_size // 2)
+obs = _record(tr.strategy)
+res = tr.train_stream(cfg.data.tasks)
+rank = tr.accelerator.process_index
+with open({out!r} + f"/rank{{rank}}.json", "w") as f:
+    json.dump({{"state": to_jsonable(tr.strategy.state_dict()), "acc": res["acc"], "n": res["n_processes"],
+               "events": res["replay_events"], "obs": [(s, ids, l.tolist()) for s, ids, l in obs]}}, f)
+"""
+
+
+def test_two_processes_make_the_same_decisions_as_one(tmp_path):
+    import socket
+
+    cfg = _cfg()
+    one = _trainer(cfg, tmp_path / "one")
+    one_obs = _record(one.strategy)
+    single = one.train_stream(cfg.data.tasks)
+
+    out = tmp_path / "mp"
+    out.mkdir()
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(MP.format(tests=str(Path(__file__).parent), out=str(out))))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(script)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=400,
+                       env={"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                            "PYTHONWARNINGS": "ignore"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["n"] == 2 and r0["state"] == r1["state"] and r0["obs"] == r1["obs"]  # every process observes all
+    assert r0["events"] == single["replay_events"] and r0["acc"] == single["acc"]
+    assert [(s, ids) for s, ids, _ in r0["obs"]] == [(s, ids) for s, ids, _ in one_obs]
+    for (_, _, a), (_, _, b) in zip(r0["obs"], one_obs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
