@@ -223,8 +223,8 @@ def test_sft_trainer_with_the_mixin(tmp_path):
         t = load_task(name, cfg.seed)
         tasks[name] = Dataset.from_list([{"prompt": e.prompt, "completion": e.target} for e in t.train[:24]])
     args = trl.SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=6, learning_rate=1e-3,
-                         report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=cfg.seed,
-                         max_length=64)
+                         report_to="tensorboard", save_strategy="no", use_cpu=True, disable_tqdm=True,
+                         seed=cfg.seed, max_length=64)
     # SFTTrainer insists on a train_dataset; the stream's first task serves
     tr = ReplaySFT(model=model, args=args, processing_class=tok, config=cfg, train_dataset=tasks["first_word"])
     obs = _record(tr.strategy)
@@ -235,6 +235,14 @@ def test_sft_trainer_with_the_mixin(tmp_path):
     assert all((s.labels == -100).any() and (s.labels != -100).any() for s in samples)  # completion-only loss
     assert [s for s, _, _ in obs] == list(range(1, 13))
     assert {i for _, ids, _ in obs[6:] for i in ids} & set(range(24))  # task 1 samples replayed in task 2
+    # the metrics reach report_to (here TensorBoard), at the step each task ended
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = tmp_path.glob("runs/*/events.out.tfevents.*")
+    ea = EventAccumulator(str(events))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("train/forgetless/ap")] == [6, 12]
+    assert ea.Scalars("train/forgetless/bwt")[-1].value == pytest.approx(res["metrics"]["bwt"])
 
 
 MP = """
