@@ -158,6 +158,17 @@ def test_gradient_accumulation_gives_the_same_observed_losses(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_bf16_autocast_with_general_replay(tmp_path):
+    """bf16 autocast (CPU here) through the Trainer's compute_loss context, GeRe's second forward included."""
+    cfg = _cfg(**{"train.steps_per_task": 3, "replay.strategy": "gere+mssr"})
+    tr = _trainer(cfg, tmp_path, bf16=True, logging_steps=1000)
+    obs = _record(tr.strategy)
+    res = tr.train_stream(cfg.data.tasks)
+    assert all(np.isfinite(losses).all() for _, _, losses in obs)
+    assert all(any(i < 0 for i in ids) for _, ids, _ in obs)  # general samples in every step
+    assert len(res["replay_events"]) == 6 and np.asarray(res["acc"]).shape == (2, 2)
+
+
 KILL = """
 import os, sys, torch
 torch.set_num_threads(1)
