@@ -126,6 +126,24 @@ def test_same_replay_decisions_as_forgetless_run(tmp_path, monkeypatch, strategy
     assert [h["forgetless/task"] for h in logged] == [0, 1] and "forgetless/bwt" in logged[-1]
 
 
+def test_strategy_object_or_factory_same_as_name(tmp_path):
+    from forgetless.data.task import TaskStream
+    from forgetless.replay.base import StrategyContext, WorkCounters
+
+    cfg = _cfg()
+    by_name = _trainer(cfg, tmp_path / "name").train_stream(cfg.data.tasks)
+    obj = compose.build_strategy(StrategyContext(config=cfg, stream=TaskStream(tasks=[]), seed=cfg.seed,
+                                                 counters=WorkCounters()))
+    model, tok = _model(cfg)
+    by_obj = ReplayTrainer(model=model, args=_args(tmp_path / "obj", cfg), processing_class=tok, config=cfg,
+                           strategy=obj).train_stream(cfg.data.tasks)
+    model, tok = _model(cfg)
+    by_factory = ReplayTrainer(model=model, args=_args(tmp_path / "f", cfg), processing_class=tok, config=cfg,
+                               strategy=compose.build_strategy).train_stream(cfg.data.tasks)
+    assert by_obj["replay_events"] == by_name["replay_events"] == by_factory["replay_events"]
+    assert len(by_name["replay_events"]) > 0 and by_obj["acc"] == by_name["acc"]
+
+
 def test_replay_forgets_less_than_none(tmp_path):
     """Full fine-tuning (LoRA learns too slowly on the tiny model), unicode_letter then first_word:
     30 steps learn the first task, the second one wipes it out without replay."""

@@ -27,7 +27,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from forgetless.config import Config, TrainConfig, from_dict, load_config
 from forgetless.data.task import Sample, Task, TaskStream
 from forgetless.errors import InputError
-from forgetless.replay.base import StrategyContext, WorkCounters
+from forgetless.replay.base import Strategy, StrategyContext, WorkCounters
 from forgetless.state import atomic_write_text, load_state, save_state
 from forgetless.train import BatchSampler, _gather_all, collate, compose_step, in_merged_order, micro_batches, \
     step_loss, steps_for_task
@@ -62,8 +62,8 @@ class _StreamCallback(TrainerCallback):
 class ReplayMixin:
     """Put before a Trainer class: ``class MyTrainer(ReplayMixin, SFTTrainer)``.
 
-    ``strategy``: a forgetless strategy name (``"mssr"``, ``"gere+mssr"``, a list of names) or a factory
-    ``ctx -> Strategy`` (a strategy class works); ``config``: a forgetless config (dict, YAML path or
+    ``strategy``: a forgetless strategy name (``"mssr"``, ``"gere+mssr"``, a list of names), a factory
+    ``ctx -> Strategy`` (a strategy class works) or a strategy object keeping its context as ``.ctx``; ``config``: a forgetless config (dict, YAML path or
     ``Config``) whose ``replay``, ``eval`` and ``data`` sections apply. Batch size, learning rate, seed,
     steps and precision come from the TrainingArguments: the new-task batch of one optimizer step is
     ``per_device_train_batch_size * gradient_accumulation_steps * world_size`` samples.
@@ -87,7 +87,10 @@ class ReplayMixin:
             run_dir=Path(self.args.output_dir) / STATE_DIR, evaluate=self._probe_accuracy,
             sample_losses=self._sample_losses,
         )
-        if callable(strategy) and not isinstance(strategy, (str, list)):
+        if isinstance(strategy, Strategy) and not isinstance(strategy, type):
+            self.strategy = strategy
+            self._adopt_context(strategy)
+        elif callable(strategy) and not isinstance(strategy, (str, list)):
             self.strategy = strategy(self.strategy_context)
         else:
             from forgetless.replay.compose import build_strategy
@@ -99,6 +102,20 @@ class ReplayMixin:
         self._has_eval = False
         self._reset_progress()
         self.add_callback(_StreamCallback(self))
+
+    def _adopt_context(self, strategy) -> None:
+        """A strategy object built on its own StrategyContext keeps it (its config and seed included); the
+        trainer fills in what only it knows (model, tokenizer, counters, evaluation), and the stream later."""
+        ctx = getattr(strategy, "ctx", None)
+        if not isinstance(ctx, StrategyContext):
+            raise TypeError("a strategy object must keep its StrategyContext as .ctx; or pass a factory ctx -> Strategy")
+        mine = self.strategy_context
+        ctx.counters, ctx.model, ctx.tokenizer, ctx.device = mine.counters, mine.model, mine.tokenizer, mine.device
+        ctx.run_dir, ctx.evaluate, ctx.sample_losses = mine.run_dir, mine.evaluate, mine.sample_losses
+        self.strategy_context = ctx
+        if ctx.seed != self.fl_config.seed:
+            raise InputError(f"the strategy object was built with seed {ctx.seed}, the TrainingArguments say "
+                             f"{self.fl_config.seed}", field="seed")
 
     # ---- the stream --------------------------------------------------------------------------
     def _reset_progress(self) -> None:
@@ -147,7 +164,7 @@ class ReplayMixin:
                                           cfg.data.prompt_template).samples[0]
             else:
                 task = Task(names[t] or f"task_{t}", "generation", [], [], "dataset")
-                samples = self._dataset_samples(spec, task.name)
+                samples = self._dataset_samples(spec, task.name)[: cfg.data.n_train]
             for i, s in enumerate(samples):
                 s.sample_id, s.task_id = offset + i, t
             if eval_tasks is not None and eval_tasks[t] is not None:
@@ -324,7 +341,8 @@ class ReplayMixin:
         self.strategy.on_task_start(self._stream.tasks[t], t, step)
         self._task = t
         self._sampler = BatchSampler(len(self._stream.samples[t]), self.batch_size, self._rng)
-        if t > 0 and self.optimizer is not None:  # fresh optimizer moments per task, as forgetless run
+        if t > 0 and self.optimizer is not None and not self.is_deepspeed_enabled:
+            # fresh optimizer moments per task, as forgetless run (DeepSpeed owns its optimizer state)
             getattr(self.optimizer, "optimizer", self.optimizer).state.clear()
 
     def _end_task(self, t: int, step: int) -> None:
