@@ -63,8 +63,9 @@ class ReplayMixin:
     """Put before a Trainer class: ``class MyTrainer(ReplayMixin, SFTTrainer)``.
 
     ``strategy``: a forgetless strategy name (``"mssr"``, ``"gere+mssr"``, a list of names), a factory
-    ``ctx -> Strategy`` (a strategy class works) or a strategy object keeping its context as ``.ctx``; ``config``: a forgetless config (dict, YAML path or
-    ``Config``) whose ``replay``, ``eval`` and ``data`` sections apply. Batch size, learning rate, seed,
+    ``ctx -> Strategy`` (a strategy class works) or a strategy object keeping its context as ``.ctx``.
+    ``config``: a forgetless config (dict, YAML path or ``Config``) whose ``replay``, ``eval`` and
+    ``data`` sections apply. Batch size, learning rate, seed,
     steps and precision come from the TrainingArguments: the new-task batch of one optimizer step is
     ``per_device_train_batch_size * gradient_accumulation_steps * world_size`` samples.
     """
