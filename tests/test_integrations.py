@@ -144,6 +144,26 @@ def test_strategy_object_or_factory_same_as_name(tmp_path):
     assert len(by_name["replay_events"]) > 0 and by_obj["acc"] == by_name["acc"]
 
 
+def test_plain_train_on_a_tokenized_dataset_is_a_one_task_stream(tmp_path):
+    """What LLaMA-Factory's patched trainer does: trainer.train() on its own input_ids/labels dataset."""
+    from datasets import Dataset
+
+    cfg = _cfg(**{"replay.strategy": "gere", "train.steps_per_task": 3})
+    model, tok = _model(cfg)
+    rows = []
+    for p_, t_ in [("Say yes:", " yes"), ("Say no:", " no")] * 6:
+        p_ids, t_ids = tok(p_, add_special_tokens=False)["input_ids"], tok(t_, add_special_tokens=False)["input_ids"]
+        rows.append({"input_ids": p_ids + t_ids, "labels": [-100] * len(p_ids) + t_ids})
+    tr = ReplayTrainer(model=model, args=_args(tmp_path, cfg), processing_class=tok, config=cfg,
+                       train_dataset=Dataset.from_list(rows))
+    obs = _record(tr.strategy)
+    with pytest.warns(UserWarning, match="no accuracy matrix"):
+        out = tr.train()
+    assert out.global_step == 3 and [s for s, _, _ in obs] == [1, 2, 3]
+    assert all(sum(i < 0 for i in ids) == 2 and sum(i >= 0 for i in ids) == 4 for _, ids, _ in obs)
+    assert tr.results()["acc"] == [] and len(tr.replay_events) == 3
+
+
 def test_replay_forgets_less_than_none(tmp_path):
     """Full fine-tuning (LoRA learns too slowly on the tiny model), unicode_letter then first_word:
     30 steps learn the first task, the second one wipes it out without replay."""
