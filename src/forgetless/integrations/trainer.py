@@ -193,7 +193,8 @@ class ReplayMixin:
 
     def _dataset_samples(self, ds, name: str) -> list[Sample]:
         cols = list(getattr(ds, "column_names", None) or [])
-        if "input_ids" not in cols and hasattr(self, "_prepare_dataset"):  # TRL's SFTTrainer tokenizes its way
+        if "labels" not in cols and hasattr(self, "_prepare_dataset"):
+            # TRL's SFTTrainer tokenizes its way and turns completion / assistant masks into labels
             ds = self._prepare_dataset(ds, self.processing_class, self.args, False, None, name)
             cols = list(ds.column_names)
         if "input_ids" not in cols:
