@@ -137,12 +137,8 @@ class TaskLoop:
         for _ in range(steps):
             global_step += 1
             t0 = time.perf_counter()
-            new = [samples[i] for i in sampler.next()]
-            rb = self.strategy.replay_batch(global_step, self.cfg.batch_size)
-            replay = list(rb.samples) if rb is not None else []
+            new, replay, merged = compose_step(samples, sampler, self.strategy, global_step, self.cfg.batch_size, self.rng)
             t1 = time.perf_counter()
-            merged = new + replay
-            merged = [merged[i] for i in self.rng.permutation(len(merged))]  # every position possible
             self.lr_factor = float(sched.get_last_lr()[0]) / self.cfg.lr
             if replay:
                 self.replay_events.append({"step": global_step, "task": task_index, "n_samples": len(replay)})
@@ -185,22 +181,14 @@ class TaskLoop:
             sync = ci == len(chunks) - 1
             ctx = acc.no_sync(self.model) if not sync and world > 1 else nullcontext()
             with ctx, acc.autocast():
-                out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 output_hidden_states=need_hidden)
-                tl, mask = token_losses(out.logits, batch["labels"])
-                tok_sum = (tl * mask).sum()
-                # sum over tokens / global token count, times world: DDP's gradient mean then gives
-                # exactly the token-mean over the whole merged batch
-                loss = tok_sum * world / max(total_tokens, 1)
-                extra = self.strategy.extra_loss(batch, out)
-                if extra is not None:  # a mean over its group's rows: split evenly over that group's chunks
-                    loss = loss + extra / share
-                    extra_sum = (extra_sum or 0.0) + float(extra.detach()) / share
+                loss, tok_sum, extra, per_sample = step_loss(self.model, batch, self.strategy, need_hidden,
+                                                             world, total_tokens, share)
+            if extra is not None:
+                extra_sum = (extra_sum or 0.0) + extra
             acc.backward(loss)
-            per_sample = sample_means(tl, mask).detach().float()
             ids_out.append(batch["sample_ids"])
             losses_out.append(per_sample)
-            loss_sum += float(tok_sum.detach())
+            loss_sum += tok_sum
         if self.cfg.max_grad_norm is not None:
             acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.max_grad_norm)
         opt.step()
@@ -210,12 +198,47 @@ class TaskLoop:
         losses = torch.cat(losses_out)
         if world > 1:
             ids, losses, loss_sum = _gather_all(acc, ids, losses, loss_sum, len(merged))
-        # observe in merged-batch order, whatever the process count or accumulation
-        ids_np, losses_np = ids.cpu().numpy(), losses.cpu().numpy()
-        pos = {int(s.sample_id): i for i, s in enumerate(merged)}
-        order = np.argsort([pos[int(i)] for i in ids_np], kind="stable")
-        return {"ids": ids_np[order], "losses": losses_np[order],
-                "loss": loss_sum / max(total_tokens, 1), "extra": extra_sum}
+        ids_np, losses_np = in_merged_order(merged, ids, losses)
+        return {"ids": ids_np, "losses": losses_np, "loss": loss_sum / max(total_tokens, 1), "extra": extra_sum}
+
+
+def compose_step(samples: list[Sample], sampler: "BatchSampler", strategy: Strategy, step: int, batch_size: int,
+                 rng: np.random.Generator) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """One step's new-task samples, the strategy's replay samples and their merged, shuffled order
+    (every position possible). Shared by the loop and the Trainer integration, so both make the same
+    draws from the same RNG."""
+    new = [samples[i] for i in sampler.next()]
+    rb = strategy.replay_batch(step, batch_size)
+    replay = list(rb.samples) if rb is not None else []
+    merged = new + replay
+    merged = [merged[i] for i in rng.permutation(len(merged))]
+    return new, replay, merged
+
+
+def step_loss(model, batch: dict[str, torch.Tensor], strategy: Strategy, need_hidden: bool, world: int,
+              total_tokens: int, share: int):
+    """One micro-batch's forward: (loss to backward, its token-loss sum, the extra loss's share as a float or
+    None, per-sample mean losses). The loss is this chunk's token sum over the whole step's label count (times
+    ``world``: DDP's gradient mean then gives exactly the token mean over the merged batch), plus the strategy's
+    extra loss (a mean over its group's rows) split evenly over that group's ``share`` chunks."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=need_hidden)
+    tl, mask = token_losses(out.logits, batch["labels"])
+    tok_sum = (tl * mask).sum()
+    loss = tok_sum * world / max(total_tokens, 1)
+    extra = strategy.extra_loss(batch, out)
+    extra_f = None
+    if extra is not None:
+        loss = loss + extra / share
+        extra_f = float(extra.detach()) / share
+    return loss, float(tok_sum.detach()), extra_f, sample_means(tl, mask).detach().float()
+
+
+def in_merged_order(merged: list[Sample], ids: torch.Tensor, losses: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Observed ids and losses in merged-batch order, whatever the process count or accumulation."""
+    ids_np, losses_np = ids.cpu().numpy(), losses.cpu().numpy()
+    pos = {int(s.sample_id): i for i, s in enumerate(merged)}
+    order = np.argsort([pos[int(i)] for i in ids_np], kind="stable")
+    return ids_np[order], losses_np[order]
 
 
 def _gather_all(acc, ids: torch.Tensor, losses: torch.Tensor, loss_sum: float, n_total: int):
