@@ -323,9 +323,11 @@ class Run:
             "name": self.cfg.name,
             "tasks": names,
             "task_kinds": [t.kind for t in self.stream.tasks],
-            "acc": acc.tolist(),
+            "task_metrics": [t.metric for t in self.stream.tasks],
+            "acc": acc.tolist(),  # the score matrix: each task's own metric (docs/metrics.md)
             "baseline_acc": base.tolist(),
             "metrics": to_jsonable(metrics.compute(acc, base)),
+            "normalized_score": metrics.normalized_score(acc),
             "general_ppl": self.ppl,
             "general_ability": ga,
             "hm_ga_ap": metrics.harmonic_mean(ga, float(acc[-1].mean())) if ga is not None else None,

@@ -34,6 +34,7 @@ class Task:
     train: list[Example]
     test: list[Example]
     source: str = ""
+    metric: str | None = None  # how its answers are scored (forgetless.scoring); None: the kind's default
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
