@@ -92,11 +92,13 @@ class Run:
         from forgetless.data.tokenize import tokenize_stream
         from forgetless.model import load_model
         from forgetless.replay.compose import build_strategy, check_names
+        from forgetless.tracking import Tracking, accelerator_kwargs
         from forgetless.train import steps_for_task
 
         cfg = self.cfg
         check_names(cfg.replay.strategies)
-        self.accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=not torch.cuda.is_available(),
+                                       **accelerator_kwargs(cfg, self.run_dir))
         set_seed(cfg.seed)
         if self.accelerator.device.type == "cpu":
             torch.set_num_threads(cfg.train.cpu_threads)
@@ -119,6 +121,7 @@ class Run:
         self.strategy = build_strategy(self.ctx)
         self.model = self.accelerator.prepare(model)
         self._write_config()
+        self.tracking = Tracking(self.accelerator, cfg, self.run_dir)  # after the config: nothing on bad input
         self.rng = np.random.default_rng([cfg.seed, 7])
         self.acc_rows: list[list[float]] = []
         self.ppl: list[float | None] = []
@@ -219,6 +222,7 @@ class Run:
             save_state(loop, tmp, "loop")
             tmp.rename(final)
         acc.wait_for_everyone()
+        self.tracking.stage(k, self.stream.names, row, ppl, self.global_step)
         if self.on_stage is not None:
             self.on_stage(k)
 
@@ -287,6 +291,7 @@ class Run:
                     def on_step(s, bar=bar):
                         if log_file is not None:
                             log_file.write(json.dumps(s.__dict__) + "\n")
+                        self.tracking.step(s)
                         if progress:
                             progress.update(bar, advance=1, loss=s.loss, share=s.replay_share, tps=s.tokens_per_s)
 
@@ -306,10 +311,11 @@ class Run:
                     self.acc_rows.append(row)
                     self.ppl.append(ppl)
                     self._save_stage(t + 1, row, ppl)
+            return self._finish()
         finally:
             if log_file is not None:
                 log_file.close()
-        return self._finish()
+            self.tracking.end()
 
     def _finish(self) -> dict:
         from forgetless import metrics
@@ -341,6 +347,7 @@ class Run:
             "truncated_samples": self.stream.truncated,
             "versions": _versions(),
         }
+        self.tracking.final(result, self.global_step)
         if self.accelerator.is_main_process:
             write_outputs(self.run_dir, result)
         self.accelerator.wait_for_everyone()
