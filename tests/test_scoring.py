@@ -66,3 +66,14 @@ def test_normalized_score_by_diagonal_and_by_joint():
     j = metrics.normalized_score(acc, reference=[0.6, 0.5, 0.4])  # e.g. a joint run's final row
     assert j["value"] == pytest.approx((1.0 + 0.5 + 0.0) / 3) and j["excluded"] == []
     assert metrics.normalized_score([[0.0]])["value"] is None
+
+
+def test_report_reads_results_written_before_per_task_metrics():
+    from forgetless.report import report_md
+
+    old = {"name": "old", "strategy": "none", "model": "tiny", "seed": 0, "tasks": ["a", "b"],
+           "task_kinds": ["generation", "multiple_choice"], "acc": [[1.0, 0.0], [0.5, 1.0]],
+           "baseline_acc": [0.0, 0.0], "metrics": metrics.compute([[1.0, 0.0], [0.5, 1.0]]),
+           "general_ppl": [10.0, 12.0], "counters": {}, "replay_events": []}
+    md = report_md(old)
+    assert "a exact_match, b accuracy" in md and "| 0.500 | 1.000 |" in md
