@@ -100,6 +100,11 @@ class EvalConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     mc_scoring: Literal["mean", "sum"] = "mean"  # option log-likelihood: length-normalised or summed
     max_new_tokens: int | None = Field(None, ge=1)  # None: longest target in the task + 2
+    # lm-evaluation-harness tasks run on the current model (forgetless.harness); none by default
+    general_tasks: list[str] = []
+    general_task_dir: str | None = None  # folder of extra task YAMLs (e.g. local data files)
+    general_stages: list[int] | None = None  # stages to run them at (0: start, t: after task t); None: start and end
+    general_limit: int | None = Field(None, ge=1)  # examples per harness task (None: all)
 
 
 class MemoryConfig(_Strict):

@@ -125,6 +125,7 @@ class Run:
         self.rng = np.random.default_rng([cfg.seed, 7])
         self.acc_rows: list[list[float]] = []
         self.ppl: list[float | None] = []
+        self.harness: list[dict[str, float] | None] = []  # lm-eval scores per stage (None: not run)
         self.replay_events: list[dict] = []
         self.global_step = 0
 
@@ -174,6 +175,20 @@ class Run:
         m.train(was_training)
         return sample_means(tl, mask).float().cpu().numpy()
 
+    def _general_tasks(self, k: int) -> dict[str, float] | None:
+        """lm-evaluation-harness scores at stage k when configured for it (every process runs it)."""
+        from forgetless.harness import run_general_tasks
+
+        e = self.cfg.eval
+        stages = e.general_stages if e.general_stages is not None else [0, len(self.stream)]
+        if not e.general_tasks or k not in stages:
+            return None
+        t0 = time.perf_counter()
+        out = run_general_tasks(self.base_model, self.tokenizer, e.general_tasks, task_dir=e.general_task_dir,
+                                limit=e.general_limit, batch_size=e.batch_size, device=self.accelerator.device)
+        self.counters.time_eval_s += time.perf_counter() - t0
+        return out
+
     def _evaluate_stage(self) -> tuple[list[float], float | None]:
         from forgetless.evaluate import general_perplexity
 
@@ -214,6 +229,7 @@ class Run:
             save_state(strategy_state, tmp, "strategy")
             loop = {
                 "stage": k, "global_step": self.global_step, "row": row, "general_ppl": ppl,
+                "general_tasks": self.harness[k],
                 "counters": self.counters.as_dict(), "replay_events": self.replay_events,
                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state().numpy(),
             }
@@ -222,7 +238,7 @@ class Run:
             save_state(loop, tmp, "loop")
             tmp.rename(final)
         acc.wait_for_everyone()
-        self.tracking.stage(k, self.stream.names, row, ppl, self.global_step)
+        self.tracking.stage(k, self.stream.names, row, ppl, self.global_step, self.harness[k])
         if self.on_stage is not None:
             self.on_stage(k)
 
@@ -237,7 +253,7 @@ class Run:
         d = self._stage_dir(k)
         load_trainable(self.base_model, d / "trainable.safetensors")
         self.strategy.load_state_dict(load_state(d, "strategy"))
-        self.acc_rows, self.ppl = [], []
+        self.acc_rows, self.ppl, self.harness = [], [], []
         for j in range(k + 1):
             loop_j = load_state(self._stage_dir(j), "loop")
             if j == 0:
@@ -245,6 +261,7 @@ class Run:
             else:
                 self.acc_rows.append(loop_j["row"])
             self.ppl.append(loop_j["general_ppl"])
+            self.harness.append(loop_j.get("general_tasks"))
         loop = load_state(d, "loop")
         self.global_step = int(loop["global_step"])
         self.counters.load(loop["counters"])
@@ -276,6 +293,7 @@ class Run:
             row, ppl = self._evaluate_stage()
             self.baseline = row
             self.ppl.append(ppl)
+            self.harness.append(self._general_tasks(0))
             self._save_stage(0, row, ppl)
             start = 0
 
@@ -310,6 +328,7 @@ class Run:
                     row, ppl = self._evaluate_stage()
                     self.acc_rows.append(row)
                     self.ppl.append(ppl)
+                    self.harness.append(self._general_tasks(t + 1))
                     self._save_stage(t + 1, row, ppl)
             return self._finish()
         finally:
@@ -335,6 +354,7 @@ class Run:
             "metrics": to_jsonable(metrics.compute(acc, base)),
             "normalized_score": metrics.normalized_score(acc),
             "general_ppl": self.ppl,
+            "general_tasks": [{"stage": k, "scores": h} for k, h in enumerate(self.harness) if h is not None],
             "general_ability": ga,
             "hm_ga_ap": metrics.harmonic_mean(ga, float(acc[-1].mean())) if ga is not None else None,
             "counters": self.counters.as_dict(),

@@ -49,6 +49,12 @@ def report_md(result: dict) -> str:
            "| start | " + " | ".join(_fmt(v) for v in result["baseline_acc"]) + " |"]
     for name, row in zip(names, result["acc"]):
         out.append(f"| {name} | " + " | ".join(_fmt(v) for v in row) + " |")
+    general = result.get("general_tasks") or []
+    if general:
+        keys = sorted({k for g in general for k in g["scores"]})
+        out += ["", "## General ability (lm-evaluation-harness)", "",
+                "| stage | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        out += [f"| {g['stage']} | " + " | ".join(_fmt(g["scores"].get(k)) for k in keys) + " |" for g in general]
     out += ["", "## Work", "", "| counter | value |", "|---|---|"]
     out += [f"| {k} | {_fmt(v, 2)} |" for k, v in c.items()]
     out += ["", f"Replay events: {len(result['replay_events'])}.", "",
