@@ -96,3 +96,13 @@ def test_cli_exits_2_on_missing_benchmark_folder(tmp_path):
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "C-STANCE/train.json" in lines[0] and "BeyonderXX/TRACE" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name,n", [("cl4_order1_qwen1.5b.yaml", 4), ("long15_order4_qwen0.5b.yaml", 15)])
+def test_gpu_example_configs_are_valid_and_load_the_fixture(name, n):
+    from forgetless.config import load_config
+
+    ex = Path(__file__).parent.parent / "examples" / name
+    cfg = load_config(ex, [f"data.benchmark_dir={DIRS['cl4']}"])
+    assert cfg.model.lora.enabled and cfg.replay.strategy == "mssr" and cfg.replay.budget is not None
+    assert len(load_stream(cfg.data, 0)) == n
