@@ -106,3 +106,15 @@ def test_gpu_example_configs_are_valid_and_load_the_fixture(name, n):
     cfg = load_config(ex, [f"data.benchmark_dir={DIRS['cl4']}"])
     assert cfg.model.lora.enabled and cfg.replay.strategy == "mssr" and cfg.replay.budget is not None
     assert len(load_stream(cfg.data, 0)) == n
+
+
+def test_metric_override_of_an_unknown_task_and_bad_harness_stage(tmp_path):
+    with pytest.raises(InputError, match="names no task"):
+        stream("cl4", 1, metrics={"nosuch": "f1"})
+    from forgetless import experiment
+
+    cfg = from_dict({"name": "s", "data": {"tasks": ["first_word"], "n_train": 4, "n_test": 2, "general_texts": 0},
+                     "eval": {"general_tasks": ["x"], "general_stages": [0, 5]}})
+    with pytest.raises(InputError, match=r"stages \[5\] do not exist"):
+        experiment.run(cfg, tmp_path, progress=False)
+    assert not (tmp_path / "s").exists()

@@ -105,6 +105,10 @@ class Run:
         if self.accelerator.num_processes > 1 and cfg.train.batch_size < self.accelerator.num_processes:
             raise InputError("train.batch_size must be at least the number of processes")
         self.stream = load_stream(cfg.data, cfg.seed)
+        bad = sorted(set(cfg.eval.general_stages or []) - set(range(len(self.stream) + 1)))
+        if bad:
+            raise InputError(f"stages {bad} do not exist (0: start, 1..{len(self.stream)}: after each task)",
+                             field="eval.general_stages")
         self._prepare_dir()
         model, self.tokenizer = load_model(cfg.model, device=self.accelerator.device)
         self.base_model = model  # unwrapped (PEFT) model: saved, evaluated, handed to strategies

@@ -19,12 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from forgetless.config import Config
+from forgetless.errors import InputError
 
 
 def accelerator_kwargs(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Arguments for ``Accelerator(...)``: the trackers and where they write."""
     if not cfg.train.report_to:
         return {}
+    import importlib.util
+
+    for name in cfg.train.report_to:
+        if importlib.util.find_spec(name) is None:
+            raise InputError(f"{name} is not installed: pip install {name} (or forgetless[tracking])",
+                             field="train.report_to")
     return {"log_with": list(cfg.train.report_to), "project_dir": str(Path(run_dir) / "tracking")}
 
 
