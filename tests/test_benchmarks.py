@@ -63,6 +63,7 @@ def test_trace_and_superni_metrics_and_prompts():
     assert sn.metric == "rouge_l" and sn.train[2].target == "output 2"
     assert sn.train[0].prompt.startswith("Definition: In this task (task1572_samsum_summary)")
     assert sn.train[0].prompt.endswith("Input: train input 0\nOutput: ")
+    assert sn.test[0].target == "output 0" and sn.test[0].references == ("another acceptable summary",)
 
 
 def test_metric_override_and_caps():

@@ -54,6 +54,9 @@ def test_metric_for_defaults_and_kind_checks():
     with pytest.raises(ValueError, match="does not apply"):
         metric_for("generation", "accuracy")
     assert score_texts("f1", ["a b", "c"], ["a b", "d"]) == [1.0, 0.0]
+    # several acceptable answers: the best one counts
+    assert score_texts("f1", ["x y"], [("q", "x z", "x y")]) == [1.0]
+    assert score_texts("f1", ["x y"], [("q", "x z")]) == [pytest.approx(0.5)]
 
 
 def test_normalized_score_by_diagonal_and_by_joint():

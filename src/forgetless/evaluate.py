@@ -151,7 +151,7 @@ def _eval_generation(model, tokenizer, examples, prompts, batch_size, max_new_to
         for i, g in zip(idx, gen):
             outputs[i] = g
     preds = [tokenizer.decode(g, skip_special_tokens=True) for g in outputs]
-    scores = score_texts(metric, preds, [ex.target for ex in examples])
+    scores = score_texts(metric, preds, [(ex.target, *ex.references) for ex in examples])
     return EvalResult(sum(scores) / len(examples), len(examples), tokens, preds, metric)
 
 

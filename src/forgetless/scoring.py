@@ -91,9 +91,10 @@ def metric_for(kind: str, metric: str | None) -> str:
     return m
 
 
-def score_texts(metric: str, preds: Sequence[str], refs: Sequence[str]) -> list[float]:
-    """Per-example scores of generated texts."""
+def score_texts(metric: str, preds: Sequence[str], refs: Sequence[str | Sequence[str]]) -> list[float]:
+    """Per-example scores of generated texts. A reference may be a list of acceptable answers:
+    the best score over them counts (SQuAD's and SuperNI's ``metric_max_over_ground_truths``)."""
     if metric not in SCORERS:
         raise ValueError(f"unknown text metric {metric!r}; use one of {list(SCORERS)}")
     f = SCORERS[metric]
-    return [f(p, r) for p, r in zip(preds, refs)]
+    return [f(p, r) if isinstance(r, str) else max(f(p, x) for x in r) for p, r in zip(preds, refs)]

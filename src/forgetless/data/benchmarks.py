@@ -13,7 +13,8 @@ orders; it reads only files (forgetless never downloads). Layouts, sources and o
   ``<dir>/<task>/{train,eval,test}.json``, lists of ``{"prompt", "answer"}``; generation.
 - ``superni15``: the 15 Super-NaturalInstructions tasks of SAPT (github.com/circle-hit/SAPT):
   ``<dir>/<task>/{train,dev,test}.json``, each a SuperNI task JSON (``Definition``,
-  ``Instances`` of ``{"id", "input", "output": [...]}``); generation scored by ROUGE-L.
+  ``Instances`` of ``{"id", "input", "output": [...]}``); generation scored by ROUGE-L, the best
+  over an instance's outputs (trained on the first).
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ def _superni_task(root: Path, name: str) -> Task:
             # SuperNI's own encoding (Wang et al. 2022): definition, then the instance
             prompt = (f"Definition: {definition.strip()}\n\nNow complete the following example -\n"
                       f"Input: {str(inst['input']).strip()}\nOutput: ")
-            out.append(Example(prompt=prompt, target=str(outputs[0]).strip()))
+            refs = tuple(str(o).strip() for o in outputs)
+            out.append(Example(prompt=prompt, target=refs[0], references=refs[1:]))
         return out
 
     return Task(name=name, kind="generation", train=examples(folder / "train.json"),

@@ -25,6 +25,9 @@ class Example:
     target: str
     choices: tuple[str, ...] | None = None
     answer: int | None = None
+    # further acceptable answers (e.g. SuperNI's several outputs): a generation is scored against
+    # ``target`` and each of these, keeping the best score
+    references: tuple[str, ...] = ()
 
 
 @dataclass
