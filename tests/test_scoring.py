@@ -80,3 +80,25 @@ def test_report_reads_results_written_before_per_task_metrics():
            "general_ppl": [10.0, 12.0], "counters": {}, "replay_events": []}
     md = report_md(old)
     assert "a exact_match, b accuracy" in md and "| 0.500 | 1.000 |" in md
+
+
+def test_evaluate_task_scores_generations_with_the_task_metric(tokenizer):
+    from test_evaluate import chain_model, ids
+
+    from forgetless.data.task import Example, Task
+    from forgetless.evaluate import evaluate_task
+
+    model = chain_model(len(tokenizer), ids(tokenizer, " the return value"), tokenizer.eos_token_id)
+    tests = [Example("a:", "the return value"), Example("b:", "return the value now")]
+    # the model always answers "the return value"
+    em = evaluate_task(model, tokenizer, Task("t", "generation", [], tests))
+    assert em.metric == "exact_match" and em.score == pytest.approx(0.5)
+    f1 = evaluate_task(model, tokenizer, Task("t", "generation", [], tests, metric="f1"))
+    # second: pred tokens [return, value], ref [return, value, now] -> P = 1, R = 2/3, F1 = 0.8
+    assert f1.metric == "f1" and f1.score == pytest.approx((1.0 + 0.8) / 2)
+    rl = evaluate_task(model, tokenizer, Task("t", "generation", [], tests), metric="rouge_l")
+    assert rl.score == pytest.approx((1.0 + rouge_l("the return value", "return the value now")) / 2)
+    ref = evaluate_task(model, tokenizer, Task("t", "generation", [], [Example("c:", "nope", references=("the return value",))]))
+    assert ref.score == 1.0  # another acceptable answer matched
+    with pytest.raises(ValueError, match="does not apply"):
+        evaluate_task(model, tokenizer, Task("t", "generation", [], tests), metric="accuracy")
