@@ -92,7 +92,7 @@ def test_report_rerenders_from_results_json(tmp_path):
     (run_dir / "plots" / "accuracy_matrix.png").unlink()
     p = _cli("report", str(run_dir))
     assert p.returncode == 0, p.stderr
-    assert "Accuracy matrix" in (run_dir / "report.md").read_text()
+    assert "Score matrix" in (run_dir / "report.md").read_text()
     assert (run_dir / "plots" / "accuracy_matrix.png").is_file()
     bad = _cli("report", str(tmp_path / "nothing"))
     assert bad.returncode == 2 and "results.json" in bad.stderr

@@ -12,6 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from forgetless.errors import InputError, read_text
 
 
+# Per-task scores (forgetless.scoring); every score lies in [0, 1]
+Metric = Literal["exact_match", "accuracy", "f1", "rouge_l", "edit_similarity"]
+METRICS_FOR_KIND: dict[str, tuple[str, ...]] = {
+    "generation": ("exact_match", "f1", "rouge_l", "edit_similarity"),
+    "multiple_choice": ("accuracy",),
+}
+DEFAULT_METRIC: dict[str, str] = {"generation": "exact_match", "multiple_choice": "accuracy"}
+Benchmark = Literal["cl5", "cl4", "long15", "trace", "superni15"]
+Tracker = Literal["tensorboard", "wandb"]
+
+
 class _Strict(BaseModel):
     # allow_inf_nan=False: an infinite lr or budget is refused here, not found as NaN losses mid-run
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -42,6 +53,7 @@ class TaskFileConfig(_Strict):
     test_path: str | None = None  # default: split off test_fraction of the file
     test_fraction: float = Field(0.2, gt=0, lt=1)
     fields: dict[str, str] = {}  # e.g. {"prompt": "question", "target": "answer"}
+    metric: Metric | None = None  # default: exact_match (generation) or accuracy (multiple choice)
 
 
 class DataConfig(_Strict):
@@ -53,6 +65,19 @@ class DataConfig(_Strict):
     max_length: int = Field(128, ge=8)  # tokens per sample, prompt + target + EOS
     prompt_template: str = "{prompt}"  # applied to every prompt before tokenization
     general_texts: int = Field(64, ge=0)  # held-out general texts for perplexity (0: skip)
+    metrics: dict[str, Metric] = {}  # task name -> metric, overriding the task's own (docs/metrics.md)
+    # a standard stream read from a local copy of its public data (docs/benchmarks.md); replaces tasks
+    benchmark: Benchmark | None = None
+    benchmark_order: int = Field(1, ge=1)  # the paper's order number (cl5: 1-4, cl4: 1-3, long15: 4-6, ...)
+    benchmark_dir: str | None = None  # the folder holding the benchmark's files
+
+    @model_validator(mode="after")
+    def _benchmark(self):
+        if self.benchmark is not None and "tasks" in self.model_fields_set:
+            raise ValueError("give either data.benchmark or data.tasks, not both")
+        if self.benchmark is not None and self.benchmark_dir is None:
+            raise ValueError(f"data.benchmark={self.benchmark} needs data.benchmark_dir (see docs/benchmarks.md)")
+        return self
 
     @field_validator("prompt_template")
     @classmethod
@@ -81,12 +106,19 @@ class TrainConfig(_Strict):
     # torch threads on CPU. 1 by default: small models gain little from more, and on a busy or
     # shared 2-core machine 2 OpenMP threads made the tiny model's step ~50x slower (0.1 s -> 5 s)
     cpu_threads: int = Field(1, ge=1)
+    # experiment trackers, through Accelerate (files under <run>/tracking): none by default
+    report_to: list[Tracker] = []
 
 
 class EvalConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     mc_scoring: Literal["mean", "sum"] = "mean"  # option log-likelihood: length-normalised or summed
     max_new_tokens: int | None = Field(None, ge=1)  # None: longest target in the task + 2
+    # lm-evaluation-harness tasks run on the current model (forgetless.harness); none by default
+    general_tasks: list[str] = []
+    general_task_dir: str | None = None  # folder of extra task YAMLs (e.g. local data files)
+    general_stages: list[int] | None = None  # stages to run them at (0: start, t: after task t); None: start and end
+    general_limit: int | None = Field(None, ge=1)  # examples per harness task (None: all)
 
 
 class MemoryConfig(_Strict):

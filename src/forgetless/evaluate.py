@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -21,24 +20,20 @@ import torch
 from forgetless.data.task import Example, Task
 from forgetless.data.tokenize import apply_template
 from forgetless.losses import token_losses
-
-_WS = re.compile(r"\s+")
-_TRAILING_PUNCT = ".,;:!?"
-
-
-def normalize_answer(s: str) -> str:
-    """Canonical form for exact match: strip, collapse whitespace runs to one space, lowercase,
-    drop trailing ``.,;:!?`` (and any whitespace left before them)."""
-    s = _WS.sub(" ", s.strip()).lower()
-    return s.rstrip(_TRAILING_PUNCT).rstrip()
-
+from forgetless.scoring import metric_for, normalize_answer, score_texts  # noqa: F401 (re-exported)
 
 @dataclass
 class EvalResult:
-    accuracy: float
+    score: float  # mean of the per-example scores of ``metric`` (accuracy for multiple choice)
     n: int
     tokens: int  # tokens the model processed: prompt + generated, or prompt + option per option
     predictions: list[Any] | None = None  # generated strings, or chosen option indices
+    metric: str = "exact_match"
+
+    @property
+    def accuracy(self) -> float:
+        """The score under its older name (exact match or multiple-choice accuracy by default)."""
+        return self.score
 
 
 def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -109,10 +104,13 @@ def evaluate_task(
     template: str = "{prompt}",
     max_length: int | None = None,
     device=None,
+    metric: str | None = None,
 ) -> EvalResult:
-    """Accuracy on ``examples`` (default ``task.test``): exact match of greedy generations after
-    :func:`normalize_answer` for generation tasks, argmax option log-likelihood for multiple
-    choice (``mean``: per-token average, ``sum``: total)."""
+    """Mean score on ``examples`` (default ``task.test``). Generation tasks: greedy generations
+    scored with ``metric`` (default ``task.metric``, else exact match after
+    :func:`normalize_answer`). Multiple choice: accuracy of the argmax option log-likelihood
+    (``mean``: per-token average, ``sum``: total)."""
+    metric = metric_for(task.kind, metric or task.metric)
     examples = list(task.test if examples is None else examples)
     if not examples:
         raise ValueError(f"task '{task.name}': no examples to evaluate")
@@ -130,13 +128,13 @@ def evaluate_task(
     with _eval_mode(model):
         if task.kind == "generation":
             return _eval_generation(model, tokenizer, examples, prompts, batch_size,
-                                    max_new_tokens, max_length, dev)
+                                    max_new_tokens, max_length, dev, metric)
         return _eval_choice(model, tokenizer, task, examples, prompts, batch_size, mc_scoring,
                             max_length, dev)
 
 
 def _eval_generation(model, tokenizer, examples, prompts, batch_size, max_new_tokens,
-                     max_length, dev) -> EvalResult:
+                     max_length, dev, metric) -> EvalResult:
     if max_new_tokens is None:
         max_new_tokens = max(map(len, _tokenize(tokenizer, [ex.target for ex in examples]))) + 2
     keep = None if max_length is None else max_length - max_new_tokens
@@ -153,8 +151,8 @@ def _eval_generation(model, tokenizer, examples, prompts, batch_size, max_new_to
         for i, g in zip(idx, gen):
             outputs[i] = g
     preds = [tokenizer.decode(g, skip_special_tokens=True) for g in outputs]
-    correct = sum(normalize_answer(p) == normalize_answer(ex.target) for p, ex in zip(preds, examples))
-    return EvalResult(correct / len(examples), len(examples), tokens, preds)
+    scores = score_texts(metric, preds, [(ex.target, *ex.references) for ex in examples])
+    return EvalResult(sum(scores) / len(examples), len(examples), tokens, preds, metric)
 
 
 def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None,
@@ -232,7 +230,7 @@ def _eval_choice(model, tokenizer, task, examples, prompts, batch_size, mc_scori
     preds = [b[1] for b in best]
     correct = sum(p == ex.answer for p, ex in zip(preds, examples))
     tokens = sum(len(ids) for ids, _ in seqs)
-    return EvalResult(correct / len(examples), len(examples), tokens, preds)
+    return EvalResult(correct / len(examples), len(examples), tokens, preds, "accuracy")
 
 
 def score_continuations(model, seqs: list[tuple[list[int], int]], batch_size: int, pad_id: int,

@@ -134,11 +134,13 @@ class Run:
         from forgetless.model import load_model
         from forgetless.replay.compose import build_strategy, check_names
         from forgetless.replay.gere import check_source
+        from forgetless.tracking import Tracking, accelerator_kwargs
         from forgetless.train import steps_for_task
 
         cfg = self.cfg
         check_names(cfg.replay.strategies)
-        self.accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=not torch.cuda.is_available(),
+                                       **accelerator_kwargs(cfg, self.run_dir))
         set_seed(cfg.seed)
         if self.accelerator.device.type == "cpu":
             torch.set_num_threads(cfg.train.cpu_threads)
@@ -147,6 +149,10 @@ class Run:
         check_writable(self.run_dir)
         check_source(cfg.replay.gere.source, ["+".join(cfg.replay.strategies)])
         self.stream = load_stream(cfg.data, cfg.seed)
+        bad = sorted(set(cfg.eval.general_stages or []) - set(range(len(self.stream) + 1)))
+        if bad:
+            raise InputError(f"stages {bad} do not exist (0: start, 1..{len(self.stream)}: after each task)",
+                             field="eval.general_stages")
         self._prepare_dir()
         model, self.tokenizer = load_model(cfg.model, device=self.accelerator.device)
         self.base_model = model  # unwrapped (PEFT) model: saved, evaluated, handed to strategies
@@ -167,9 +173,11 @@ class Run:
         self.strategy = build_strategy(self.ctx)
         self.model = self.accelerator.prepare(model)
         self._write_config()
+        self.tracking = Tracking(self.accelerator, cfg, self.run_dir)  # after the config: nothing on bad input
         self.rng = np.random.default_rng([cfg.seed, 7])
         self.acc_rows: list[list[float]] = []
         self.ppl: list[float | None] = []
+        self.harness: list[dict[str, float] | None] = []  # lm-eval scores per stage (None: not run)
         self.replay_events: list[dict] = []
         self.global_step = 0
 
@@ -219,6 +227,20 @@ class Run:
         m.train(was_training)
         return sample_means(tl, mask).float().cpu().numpy()
 
+    def _general_tasks(self, k: int) -> dict[str, float] | None:
+        """lm-evaluation-harness scores at stage k when configured for it (every process runs it)."""
+        from forgetless.harness import run_general_tasks
+
+        e = self.cfg.eval
+        stages = e.general_stages if e.general_stages is not None else [0, len(self.stream)]
+        if not e.general_tasks or k not in stages:
+            return None
+        t0 = time.perf_counter()
+        out = run_general_tasks(self.base_model, self.tokenizer, e.general_tasks, task_dir=e.general_task_dir,
+                                limit=e.general_limit, batch_size=e.batch_size, device=self.accelerator.device)
+        self.counters.time_eval_s += time.perf_counter() - t0
+        return out
+
     def _evaluate_stage(self) -> tuple[list[float], float | None]:
         from forgetless.evaluate import general_perplexity
 
@@ -259,6 +281,7 @@ class Run:
             save_state(strategy_state, tmp, "strategy")
             loop = {
                 "stage": k, "global_step": self.global_step, "row": row, "general_ppl": ppl,
+                "general_tasks": self.harness[k],
                 "counters": self.counters.as_dict(), "replay_events": self.replay_events,
                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state().numpy(),
             }
@@ -270,6 +293,7 @@ class Run:
             tmp.rename(final)
         self.saved_stage = k
         acc.wait_for_everyone()
+        self.tracking.stage(k, self.stream.names, row, ppl, self.global_step, self.harness[k])
         if self.on_stage is not None:
             self.on_stage(k)
 
@@ -308,7 +332,7 @@ class Run:
         d = self._stage_dir(k)
         load_trainable(self.base_model, d / "trainable.safetensors")
         self.strategy.load_state_dict(load_state(d, "strategy"))
-        self.acc_rows, self.ppl = [], []
+        self.acc_rows, self.ppl, self.harness = [], [], []
         for j in range(k + 1):
             loop_j = load_state(self._stage_dir(j), "loop")
             if j == 0:
@@ -316,6 +340,7 @@ class Run:
             else:
                 self.acc_rows.append(loop_j["row"])
             self.ppl.append(loop_j["general_ppl"])
+            self.harness.append(loop_j.get("general_tasks"))
         loop = load_state(d, "loop")
         self.global_step = int(loop["global_step"])
         self.counters.load(loop["counters"])
@@ -363,6 +388,7 @@ class Run:
             row, ppl = self._evaluate_stage()
             self.baseline = row
             self.ppl.append(ppl)
+            self.harness.append(self._general_tasks(0))
             self._save_stage(0, row, ppl)
             start = 0
 
@@ -383,6 +409,7 @@ class Run:
                                              "the data), then rerun with --fresh")
                         if log_file is not None:
                             log_file.write(json.dumps(s.__dict__) + "\n")
+                        self.tracking.step(s)
                         if progress:
                             progress.update(bar, advance=1, loss=s.loss, share=s.replay_share, tps=s.tokens_per_s)
 
@@ -401,11 +428,13 @@ class Run:
                     row, ppl = self._evaluate_stage()
                     self.acc_rows.append(row)
                     self.ppl.append(ppl)
+                    self.harness.append(self._general_tasks(t + 1))
                     self._save_stage(t + 1, row, ppl)
+            return self._finish()
         finally:
             if log_file is not None:
                 log_file.close()
-        return self._finish()
+            self.tracking.end()
 
     def _finish(self) -> dict:
         from forgetless import metrics
@@ -419,10 +448,13 @@ class Run:
             "name": self.cfg.name,
             "tasks": names,
             "task_kinds": [t.kind for t in self.stream.tasks],
-            "acc": acc.tolist(),
+            "task_metrics": [t.metric for t in self.stream.tasks],
+            "acc": acc.tolist(),  # the score matrix: each task's own metric (docs/metrics.md)
             "baseline_acc": base.tolist(),
             "metrics": to_jsonable(metrics.compute(acc, base)),
+            "normalized_score": metrics.normalized_score(acc),
             "general_ppl": self.ppl,
+            "general_tasks": [{"stage": k, "scores": h} for k, h in enumerate(self.harness) if h is not None],
             "general_ability": ga,
             "hm_ga_ap": metrics.harmonic_mean(ga, float(acc[-1].mean())) if ga is not None else None,
             "counters": self.counters.as_dict(),
@@ -435,6 +467,7 @@ class Run:
             "truncated_samples": self.stream.truncated,
             "versions": _versions(),
         }
+        self.tracking.final(result, self.global_step)
         if self.accelerator.is_main_process:
             write_outputs(self.run_dir, result)
         self.accelerator.wait_for_everyone()

@@ -72,6 +72,24 @@ def compute(acc: Any, baseline: Any = None) -> dict[str, Any]:
     return out
 
 
+def normalized_score(acc: Any, reference: Any = None) -> dict[str, Any]:
+    """Average normalised score: the mean over tasks of final score / reference score.
+
+    ``reference`` is each task's score right after training on it (the diagonal, the default) or
+    any other per-task reference, e.g. the final row of a ``joint`` run. A task whose reference is
+    0 has no defined ratio and is left out of the mean (``excluded`` lists them); ``value`` is
+    ``None`` when every task is left out. Ratios are not capped: above 1 means the task ended
+    better than its reference.
+    """
+    a = _check_matrix(acc)
+    T = a.shape[0]
+    ref = np.diag(a) if reference is None else _check_baseline(reference, T)
+    keep = [j for j in range(T) if ref[j] > 0]
+    per_task = [float(a[T - 1, j] / ref[j]) if ref[j] > 0 else None for j in range(T)]
+    value = float(np.mean([per_task[j] for j in keep])) if keep else None
+    return {"value": value, "per_task": per_task, "excluded": [j for j in range(T) if ref[j] <= 0]}
+
+
 def harmonic_mean(a: float, b: float) -> float:
     """GeRe's balance of general ability and AP: 2ab / (a + b), 0 if either is 0."""
     a, b = float(a), float(b)

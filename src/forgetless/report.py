@@ -33,19 +33,34 @@ def accuracy_csv(result: dict) -> str:
     return buf.getvalue()
 
 
+def _task_metrics(result: dict) -> list[str]:
+    """Results written before per-task metrics hold accuracies: exact match or MC accuracy."""
+    kinds = result.get("task_kinds") or ["generation"] * len(result["tasks"])
+    return result.get("task_metrics") or ["accuracy" if k == "multiple_choice" else "exact_match" for k in kinds]
+
+
 def report_md(result: dict) -> str:
     m, c, names = result["metrics"], result["counters"], result["tasks"]
     out = [f"# Run `{result['name']}`", "",
            f"Strategy **{result['strategy']}**, model `{result['model']}`, seed {result['seed']}, "
            f"{len(names)} tasks: {', '.join(names)}.", "", "## Metrics", "",
-           "| AP | BWT | FWT | forgetting | learning acc. | general ppl (start → end) |", "|---|---|---|---|---|---|",
+           "| AP | BWT | FWT | forgetting | learning acc. | norm. score | general ppl (start → end) |",
+           "|---|---|---|---|---|---|---|",
            f"| {_fmt(m.get('ap'))} | {_fmt(m.get('bwt'))} | {_fmt(m.get('fwt'))} | {_fmt(m.get('forgetting'))} | "
-           f"{_fmt(m.get('learning_accuracy'))} | {_fmt(result['general_ppl'][0], 2)} → {_fmt(result['general_ppl'][-1], 2)} |",
-           "", "## Accuracy matrix (row: after training task; column: evaluated task)", "",
+           f"{_fmt(m.get('learning_accuracy'))} | {_fmt((result.get('normalized_score') or {}).get('value'))} | "
+           f"{_fmt(result['general_ppl'][0], 2)} → {_fmt(result['general_ppl'][-1], 2)} |",
+           "", "## Score matrix (row: after training task; column: evaluated task)", "",
+           "Each task's own metric: " + ", ".join(f"{n} {k}" for n, k in zip(names, _task_metrics(result))) + ".", "",
            "| after \\ on | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
            "| start | " + " | ".join(_fmt(v) for v in result["baseline_acc"]) + " |"]
     for name, row in zip(names, result["acc"]):
         out.append(f"| {name} | " + " | ".join(_fmt(v) for v in row) + " |")
+    general = result.get("general_tasks") or []
+    if general:
+        keys = sorted({k for g in general for k in g["scores"]})
+        out += ["", "## General ability (lm-evaluation-harness)", "",
+                "| stage | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        out += [f"| {g['stage']} | " + " | ".join(_fmt(g["scores"].get(k)) for k in keys) + " |" for g in general]
     out += ["", "## Work", "", "| counter | value |", "|---|---|"]
     out += [f"| {k} | {_fmt(v, 2)} |" for k, v in c.items()]
     out += ["", f"Replay events: {len(result['replay_events'])}.", "",
@@ -87,7 +102,7 @@ def plot_task_curves(ax, result: dict, title: str | None = None) -> None:
         ax.plot(x, acc[:, j], marker="o", label=n)
     ax.set_xticks(x, ["start"] + [f"after {n}" for n in names], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("score")
     ax.set_title(title or result["strategy"])
     ax.grid(alpha=0.3)
 
@@ -100,11 +115,11 @@ def write_plots(run_dir: Path, result: dict) -> None:
 
     n = len(result["tasks"])
     fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.0 * n + 2))
-    im = plot_matrix(ax, result, f"accuracy matrix — {result['strategy']}")
+    im = plot_matrix(ax, result, f"score matrix — {result['strategy']}")
     fig.colorbar(im, ax=ax, fraction=0.046)
     save_png(fig, run_dir / "plots" / "accuracy_matrix.png")
     fig, ax = plt.subplots(figsize=(7, 4))
-    plot_task_curves(ax, result, f"accuracy per task across stages — {result['strategy']}")
+    plot_task_curves(ax, result, f"score per task across stages — {result['strategy']}")
     ax.legend(fontsize=8, loc="best")
     save_png(fig, run_dir / "plots" / "task_accuracy.png")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from forgetless.config import DataConfig, TaskFileConfig
 from forgetless.data.task import KINDS, Example, Sample, Task, TaskStream
 from forgetless.errors import InputError
+from forgetless.scoring import metric_for
 
 __all__ = ["KINDS", "Example", "Sample", "Task", "TaskStream", "load_task", "load_stream"]
 
@@ -27,8 +28,14 @@ def load_task(spec: str | TaskFileConfig, seed: int = 0) -> Task:
 
 
 def load_stream(data_cfg: DataConfig, seed: int) -> TaskStream:
-    """Tasks in training order, capped at ``n_train`` / ``n_test`` examples each."""
-    tasks = [load_task(s, seed) for s in data_cfg.tasks]
+    """Tasks in training order, capped at ``n_train`` / ``n_test`` examples each, each with the
+    metric it is scored by (``data.metrics``, else the task's own, else its kind's default)."""
+    if data_cfg.benchmark is not None:
+        from forgetless.data.benchmarks import load_benchmark
+
+        tasks = load_benchmark(data_cfg.benchmark, data_cfg.benchmark_dir, data_cfg.benchmark_order)
+    else:
+        tasks = [load_task(s, seed) for s in data_cfg.tasks]
     if not tasks:
         raise InputError("no tasks given", field="data.tasks")
     names = [t.name for t in tasks]
@@ -40,7 +47,14 @@ def load_stream(data_cfg: DataConfig, seed: int) -> TaskStream:
             raise InputError(f"must be a permutation of 0..{len(tasks) - 1}, got {data_cfg.order}",
                              field="data.order")
         tasks = [tasks[i] for i in data_cfg.order]
+    unknown = sorted(set(data_cfg.metrics) - set(names))
+    if unknown:
+        raise InputError(f"names no task of the stream: {unknown}", field="data.metrics")
     for t in tasks:
+        try:
+            t.metric = metric_for(t.kind, data_cfg.metrics.get(t.name) or t.metric)
+        except ValueError as e:
+            raise InputError(f"task '{t.name}': {e}", field="data.metrics") from None
         if data_cfg.n_train is not None:
             t.train = t.train[: data_cfg.n_train]
         if data_cfg.n_test is not None:

@@ -300,4 +300,4 @@ def load_task_file(cfg: TaskFileConfig, seed: int = 0) -> Task:
         n_test = min(len(train) - 1, max(1, round(len(train) * cfg.test_fraction)))
         train, test = train[n_test:], train[:n_test]
     name = cfg.name or (path.name if path.is_dir() else path.stem)
-    return Task(name=name, kind=kind, train=train, test=test, source=file)
+    return Task(name=name, kind=kind, train=train, test=test, source=file, metric=cfg.metric)

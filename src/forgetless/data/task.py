@@ -25,6 +25,9 @@ class Example:
     target: str
     choices: tuple[str, ...] | None = None
     answer: int | None = None
+    # further acceptable answers (e.g. SuperNI's several outputs): a generation is scored against
+    # ``target`` and each of these, keeping the best score
+    references: tuple[str, ...] = ()
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Task:
     train: list[Example]
     test: list[Example]
     source: str = ""
+    metric: str | None = None  # how its answers are scored (forgetless.scoring); None: the kind's default
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

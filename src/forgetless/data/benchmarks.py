@@ -1,0 +1,223 @@
+"""Standard continual-learning streams read from local copies of their public data.
+
+Each preset knows its published folder layout, prompt shape, label sets, metric per task and task
+orders; it reads only files (forgetless never downloads). Layouts, sources and orders:
+``docs/benchmarks.md``.
+
+- ``cl5``, ``cl4``, ``long15``: O-LoRA's ``CL_Benchmark`` (github.com/cmnfriend/O-LoRA):
+  ``<dir>/<group>/<dataset>/{train,dev,test}.json`` (lists of ``{"sentence", "label"}``) and
+  ``labels.json`` (the option list). Prompt as O-LoRA builds it (``--add_task_name
+  --add_dataset_name``): ``Task:<group>\\nDataset:<dataset>\\n<instruction>Option: <labels> \\n
+  <sentence>\\nAnswer:``. Tasks are multiple choice over the labels, scored by accuracy.
+- ``trace``: TRACE's ``LLM-CL-Benchmark`` (github.com/BeyonderXX/TRACE):
+  ``<dir>/<task>/{train,eval,test}.json``, lists of ``{"prompt", "answer"}``; generation.
+- ``superni15``: the 15 Super-NaturalInstructions tasks of SAPT (github.com/circle-hit/SAPT):
+  ``<dir>/<task>/{train,dev,test}.json``, each a SuperNI task JSON (``Definition``,
+  ``Instances`` of ``{"id", "input", "output": [...]}``); generation scored by ROUGE-L, the best
+  over an instance's outputs (trained on the first).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from forgetless.data.task import Example, Task
+from forgetless.errors import InputError
+
+OLORA_URL = "https://github.com/cmnfriend/O-LoRA (folder CL_Benchmark)"
+TRACE_URL = "https://github.com/BeyonderXX/TRACE (LLM-CL-Benchmark release)"
+SUPERNI_URL = "https://github.com/circle-hit/SAPT (folder CL_Benchmark/SuperNI)"
+
+# dataset -> (group folder, dataset folder) in CL_Benchmark
+OLORA_DATASETS: dict[str, tuple[str, str]] = {
+    "agnews": ("TC", "agnews"), "dbpedia": ("TC", "dbpedia"), "yahoo": ("TC", "yahoo"),
+    "amazon": ("SC", "amazon"), "yelp": ("SC", "yelp"), "imdb": ("SC", "IMDB"), "sst-2": ("SC", "SST-2"),
+    "mnli": ("NLI", "MNLI"), "cb": ("NLI", "CB"), "rte": ("NLI", "RTE"), "qqp": ("QQP", "QQP"),
+    "boolqa": ("BoolQA", "BoolQA"), "multirc": ("MultiRC", "MultiRC"), "wic": ("WiC", "WiC"),
+    "copa": ("COPA", "COPA"),
+}
+# O-LoRA's configs/instruction_config.json (COPA has none: its sentence carries the options)
+OLORA_INSTRUCTIONS: dict[str, str] = {
+    "NLI": 'What is the logical relationship between the "sentence 1" and the "sentence 2"? Choose one from the option.\n',
+    "QQP": 'Whether the "first sentence" and the "second sentence" have the same meaning? Choose one from the option.\n',
+    "SC": "What is the sentiment of the following paragraph? Choose one from the option.\n",
+    "TC": "What is the topic of the following paragraph? Choose one from the option.\n",
+    "BoolQA": "According to the following passage, is the question true or false? Choose one from the option.\n",
+    "MultiRC": "According to the following passage and question, is the candidate answer true or false? Choose one from the option.\n",
+    "WiC": "Given a word and two sentences, whether the word is used with the same sense in both sentence? Choose one from the option.\n",
+}
+
+TRACE_METRICS: dict[str, str] = {  # TRACE's per-task metrics; SARI (20Minuten) is not implemented: ROUGE-L
+    "C-STANCE": "exact_match", "FOMC": "exact_match", "MeetingBank": "rouge_l", "Py150": "edit_similarity",
+    "ScienceQA": "exact_match", "NumGLUE-cm": "exact_match", "NumGLUE-ds": "exact_match", "20Minuten": "rouge_l",
+}
+
+_SUPERNI_1 = [
+    "task1572_samsum_summary", "task363_sst2_polarity_classification", "task1290_xsum_summarization",
+    "task181_outcome_extraction", "task002_quoref_answer_generation", "task1510_evalution_relation_extraction",
+    "task639_multi_woz_user_utterance_generation", "task1729_personachat_generate_next",
+    "task073_commonsenseqa_answer_generation", "task1590_diplomacy_text_generation",
+    "task748_glucose_reverse_cause_event_detection", "task511_reddit_tifu_long_text_summarization",
+    "task591_sciq_answer_generation", "task1687_sentiment140_classification", "task875_emotion_classification",
+]
+_SUPERNI_2 = [
+    "task748_glucose_reverse_cause_event_detection", "task073_commonsenseqa_answer_generation",
+    "task1590_diplomacy_text_generation", "task639_multi_woz_user_utterance_generation",
+    "task1572_samsum_summary", "task1687_sentiment140_classification", "task591_sciq_answer_generation",
+    "task363_sst2_polarity_classification", "task1510_evalution_relation_extraction",
+    "task1729_personachat_generate_next", "task181_outcome_extraction",
+    "task511_reddit_tifu_long_text_summarization", "task002_quoref_answer_generation",
+    "task1290_xsum_summarization", "task875_emotion_classification",
+]
+
+# preset -> order number -> task names in training order
+ORDERS: dict[str, dict[int, list[str]]] = {
+    "cl5": {  # MbPA++ (de Masson d'Autume et al. 2019) / LAMOL
+        1: ["yelp", "agnews", "dbpedia", "amazon", "yahoo"],
+        2: ["dbpedia", "yahoo", "agnews", "amazon", "yelp"],
+        3: ["yelp", "yahoo", "amazon", "dbpedia", "agnews"],
+        4: ["agnews", "yelp", "amazon", "yahoo", "dbpedia"],
+    },
+    "cl4": {  # O-LoRA orders 1-3
+        1: ["dbpedia", "amazon", "yahoo", "agnews"],
+        2: ["dbpedia", "amazon", "agnews", "yahoo"],
+        3: ["yahoo", "amazon", "agnews", "dbpedia"],
+    },
+    "long15": {  # Progressive Prompts / O-LoRA orders 4-6
+        4: ["mnli", "cb", "wic", "copa", "qqp", "boolqa", "rte", "imdb", "yelp", "amazon", "sst-2",
+            "dbpedia", "agnews", "multirc", "yahoo"],
+        5: ["multirc", "boolqa", "wic", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst-2", "dbpedia",
+            "agnews", "yelp", "amazon", "yahoo"],
+        6: ["yelp", "amazon", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst-2", "dbpedia", "agnews",
+            "yahoo", "multirc", "boolqa", "wic"],
+    },
+    "trace": {1: list(TRACE_METRICS)},  # the TRACE paper's order
+    "superni15": {1: _SUPERNI_1, 2: _SUPERNI_2},  # SAPT's orders 1 and 2
+}
+
+
+def _read_json(path: Path, hint: str):
+    if not path.is_file():
+        raise InputError(f"not found; expected {hint}; forgetless never downloads", file=str(path))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON ({e.msg})", file=str(path), line=e.lineno) from None
+
+
+def _records(path: Path, hint: str, keys: tuple[str, ...]) -> list[dict]:
+    data = _read_json(path, hint)
+    if not isinstance(data, list):
+        raise InputError("must hold a JSON list of records", file=str(path))
+    for i, rec in enumerate(data):
+        missing = [k for k in keys if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise InputError(f"record {i}: missing field", file=str(path), field=missing[0])
+    return data
+
+
+def _split(folder: Path, names: tuple[str, ...], hint: str) -> Path:
+    """The first existing file among ``names`` (e.g. test.json, then dev.json)."""
+    for n in names:
+        if (folder / n).is_file():
+            return folder / n
+    return folder / names[0]  # missing: reported by the reader with the hint
+
+
+def _olora_task(root: Path, name: str) -> Task:
+    group, ds = OLORA_DATASETS[name]
+    folder = root / group / ds
+    hint = f"O-LoRA's CL_Benchmark layout <dir>/{group}/{ds}/{{train,test}}.json + labels.json, from {OLORA_URL}"
+    labels = _read_json(folder / "labels.json", hint)
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise InputError("must be a JSON list of label strings", file=str(folder / "labels.json"))
+    head = f"Task:{group}\nDataset:{ds}\n"
+    if group == "COPA":
+        template = head + "{0}\nAnswer:"
+    else:
+        template = head + OLORA_INSTRUCTIONS[group] + "Option: " + ", ".join(labels) + " \n{0}\nAnswer:"
+    choices = tuple(labels)
+
+    def examples(path: Path) -> list[Example]:
+        out = []
+        for rec in _records(path, hint, ("sentence", "label")):
+            if rec["label"] in choices:  # MNLI has a few '-' records outside labels.json: skipped
+                out.append(Example(prompt=template.format(rec["sentence"]), target=rec["label"],
+                                   choices=choices, answer=choices.index(rec["label"])))
+        return out
+
+    train = examples(folder / "train.json")
+    test = examples(_split(folder, ("test.json", "dev.json"), hint))
+    return Task(name=name, kind="multiple_choice", train=train, test=test, source=str(folder), metric="accuracy")
+
+
+def _trace_task(root: Path, name: str) -> Task:
+    folder = root / name
+    hint = f"TRACE's layout <dir>/{name}/{{train,test}}.json of {{prompt, answer}} records, from {TRACE_URL}"
+
+    def examples(path: Path) -> list[Example]:
+        return [Example(prompt=str(r["prompt"]), target=str(r["answer"]))
+                for r in _records(path, hint, ("prompt", "answer"))]
+
+    return Task(name=name, kind="generation", train=examples(folder / "train.json"),
+                test=examples(_split(folder, ("test.json", "eval.json"), hint)), source=str(folder),
+                metric=TRACE_METRICS[name])
+
+
+def _superni_task(root: Path, name: str) -> Task:
+    folder = root / name
+    hint = f"SuperNI task JSON files <dir>/{name}/{{train,test}}.json, from {SUPERNI_URL}"
+
+    def examples(path: Path) -> list[Example]:
+        data = _read_json(path, hint)
+        if not isinstance(data, dict) or not isinstance(data.get("Instances"), list):
+            raise InputError("not a SuperNI task (needs 'Definition' and 'Instances')", file=str(path), field="Instances")
+        definition = data.get("Definition") or [""]
+        definition = definition[0] if isinstance(definition, list) else str(definition)
+        out = []
+        for i, inst in enumerate(data["Instances"]):
+            outputs = inst.get("output") if isinstance(inst, dict) else None
+            if not isinstance(outputs, list) or not outputs or "input" not in inst:
+                raise InputError(f"Instances[{i}]: needs 'input' and a non-empty 'output' list", file=str(path))
+            # SuperNI's own encoding (Wang et al. 2022): definition, then the instance
+            prompt = (f"Definition: {definition.strip()}\n\nNow complete the following example -\n"
+                      f"Input: {str(inst['input']).strip()}\nOutput: ")
+            refs = tuple(str(o).strip() for o in outputs)
+            out.append(Example(prompt=prompt, target=refs[0], references=refs[1:]))
+        return out
+
+    return Task(name=name, kind="generation", train=examples(folder / "train.json"),
+                test=examples(_split(folder, ("test.json", "dev.json"), hint)), source=str(folder), metric="rouge_l")
+
+
+_LOADERS = {"cl5": _olora_task, "cl4": _olora_task, "long15": _olora_task, "trace": _trace_task,
+            "superni15": _superni_task}
+
+
+def benchmark_tasks(benchmark: str, order: int) -> list[str]:
+    orders = ORDERS[benchmark]
+    if order not in orders:
+        raise InputError(f"{benchmark} has orders {sorted(orders)}, got {order}", field="data.benchmark_order")
+    return orders[order]
+
+
+def load_benchmark(benchmark: str, directory: str | None, order: int) -> list[Task]:
+    """The tasks of ``benchmark`` in its order number ``order``, read from ``directory``."""
+    names = benchmark_tasks(benchmark, order)
+    if directory is None:
+        raise InputError(f"data.benchmark={benchmark} needs the folder of its data", field="data.benchmark_dir")
+    root = Path(directory)
+    if not root.is_dir():
+        where = {"trace": TRACE_URL, "superni15": SUPERNI_URL}.get(benchmark, OLORA_URL)
+        raise InputError(f"benchmark folder not found (data.benchmark={benchmark} expects e.g. "
+                         f"{_expected_file(benchmark, names[0])} inside it; public data: {where}; "
+                         f"forgetless never downloads)", file=str(root))
+    return [_LOADERS[benchmark](root, n) for n in names]
+
+
+def _expected_file(benchmark: str, name: str) -> str:
+    if benchmark in ("cl5", "cl4", "long15"):
+        group, ds = OLORA_DATASETS[name]
+        return f"{group}/{ds}/train.json"
+    return f"{name}/train.json"
