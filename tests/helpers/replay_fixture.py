@@ -30,6 +30,9 @@ RAW = {
         "loss_triggered": {"window": 2, "c": 0.0},
         "accuracy_triggered": {"every": 2, "probe_size": 4, "window": 2, "delta": 0.0},
         "gere": {"n_samples": 6, "seq_len": 24, "weight": 1.0},
+        # today's MSSR one option away (added after the fixture was recorded, when the default
+        # schedule became "retention"; the recorded runs had only the geometric schedule)
+        "mssr": {"schedule": "geometric"},
     },
 }
 

@@ -10,7 +10,7 @@ from forgetless.replay.base import REGISTRY, BaseStrategy, ReplayBatch, Strategy
 
 def _load_registry() -> None:
     # importing the modules registers their strategies
-    from forgetless.replay import baselines, gere, mssr  # noqa: F401
+    from forgetless.replay import baselines, gere, strategy  # noqa: F401
 
 
 def available() -> list[str]:
