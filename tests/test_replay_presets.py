@@ -24,3 +24,22 @@ def test_preset_reproduces_recorded_run(preset, budget, tmp_path):
     assert got["events"] == want["events"]
     assert got["acc"] == want["acc"] and got["baseline_acc"] == want["baseline_acc"]
     assert got["replay_tokens"] == want["replay_tokens"]
+
+
+def test_retention_trace_in_results_and_report_plot(tmp_path):
+    """A strength-keeping run records the predicted retention per step and plots it with the events."""
+    from forgetless import experiment
+    from forgetless.report import retention_trace
+
+    cfg = replay_fixture.config("mssr_schedule", 0.5)
+    cfg.replay.mssr.schedule = "retention"
+    res = experiment.run(cfg, tmp_path, progress=False)
+    tr = retention_trace(res)
+    steps = res["steps_per_task"]
+    assert tr["step"] == list(range(steps[0] + 1, sum(steps) + 1))  # every step once the memory holds a task
+    assert all(0 < m <= 1 for m in tr["mean"])
+    rep = res["replay_report"]
+    assert (rep["schedule"], rep["sampler"]) == ("mssr", "uniform")
+    assert [e["replayed"] for e in rep["task_log"][1:]] == [32, 32]  # budget 0.5 x 8 steps x 8 samples
+    assert (tmp_path / cfg.name / "plots" / "retention.png").is_file()
+    assert "plots/retention.png" in (tmp_path / cfg.name / "report.md").read_text()
