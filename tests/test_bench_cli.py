@@ -86,6 +86,8 @@ def test_task_orders_are_permutations_shared_by_strategies():
     assert bench.task_order(4, 0) == [0, 1, 2, 3]
     o1 = bench.task_order(4, 1)
     assert sorted(o1) == [0, 1, 2, 3] and o1 == bench.task_order(4, 1)
+    for n in (2, 3):  # never the listed order again (the first draw for 3 tasks, order 1, was)
+        assert all(bench.task_order(n, i) != list(range(n)) for i in range(1, 6))
 
 
 def test_mssr_gaps_do_not_shrink_and_events_recorded(tmp_path):

@@ -33,10 +33,16 @@ def run_name(strategy: str, seed: int, order: int, budget: float | None = None) 
 
 
 def task_order(n_tasks: int, order_index: int) -> list[int]:
-    """Order 0 is the listed order; order i > 0 a fixed random permutation (same for every strategy)."""
-    if order_index == 0:
+    """Order 0 is the listed order; order i > 0 a fixed random permutation (same for every strategy)
+    other than the listed order (a draw of the identity, e.g. 1 in 6 for 3 tasks, is drawn again:
+    it made "order 1" of the 3-task demo a copy of order 0)."""
+    if order_index == 0 or n_tasks < 2:
         return list(range(n_tasks))
-    return [int(i) for i in np.random.default_rng([1234, order_index]).permutation(n_tasks)]
+    rng = np.random.default_rng([1234, order_index])
+    while True:
+        p = [int(i) for i in rng.permutation(n_tasks)]
+        if p != list(range(n_tasks)):
+            return p
 
 
 def summarize(result: dict) -> dict:
