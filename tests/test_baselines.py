@@ -133,7 +133,7 @@ def test_fixed_every_k():
 def test_loss_trigger_running_flat_and_spike():
     cfg = {"loss_triggered": {"mode": "running", "window": 10, "c": 2.0, "ratio": 0.5}}
     s, rec = drive(make_ctx(cfg), "loss_triggered")
-    assert sum(len(r) for _, _, r in rec) == 0 and s.n_triggers == 0  # noise-free flat loss never fires
+    assert sum(len(r) for _, _, r in rec) == 0 and s.schedule.n_triggers == 0  # noise-free flat loss never fires
 
     def spike(t, i):
         return 5.0 if (t, i) in {(1, 30), (2, 5)} else 1.0
@@ -141,14 +141,14 @@ def test_loss_trigger_running_flat_and_spike():
     s, rec = drive(make_ctx(cfg), "loss_triggered", loss=spike)
     fired = [(t, i) for t, i, r in rec if r]
     assert fired == [(1, 31)]  # decided at step 30, replayed at 31; (2, 5) is before a full window
-    assert len(rec[STEPS + 31][2]) == 4 and s.n_triggers == 1
+    assert len(rec[STEPS + 31][2]) == 4 and s.schedule.n_triggers == 1
 
 
 def test_loss_trigger_flat_loss_silent_at_c0():
     # mean of ten 0.01s rounds below 0.01: without a tolerance a flat loss would fire at c = 0
     cfg = {"loss_triggered": {"mode": "running", "window": 10, "c": 0.0}}
     s, rec = drive(make_ctx(cfg), "loss_triggered", loss=lambda t, i: 0.01)
-    assert s.n_triggers == 0 and not any(r for _, _, r in rec)
+    assert s.schedule.n_triggers == 0 and not any(r for _, _, r in rec)
 
 
 def test_loss_trigger_absolute():
@@ -174,7 +174,7 @@ def test_loss_trigger_probe_mode():
     s, rec = drive(ctx, "loss_triggered", loss=lambda t, i: 9.0 if i == 3 else 1.0)  # training loss ignored
     assert [(t, i) for t, i, r in rec if r] == [(1, i) for i in range(25, 30)]  # probe step + P-1
     assert all(len(r) == BS for _, _, r in rec if r)
-    assert s.n_probes == 20 and calls == [(t, i, 4) for t in (1, 2) for i in range(0, STEPS, 5)]
+    assert s.schedule.n_probes == 20 and calls == [(t, i, 4) for t in (1, 2) for i in range(0, STEPS, 5)]
 
 
 def test_accuracy_trigger_replays_exactly_window():
@@ -191,8 +191,8 @@ def test_accuracy_trigger_replays_exactly_window():
     assert [(t, i) for t, i, r in rec if r] == [(1, 20), (1, 21), (1, 22)]
     assert all(len(r) == 4 for _, _, r in rec if r)
     # refs after tasks 0 and 1 (not the last) + calls 5..45 (9) x earlier tasks (1 in task 1, 2 in task 2)
-    assert s.n_evals == 2 + 9 + 18 and s.n_triggers == 1
-    assert ctx.counters.eval_tokens == 4 * s.n_evals
+    assert s.schedule.n_evals == 2 + 9 + 18 and s.schedule.n_triggers == 1
+    assert ctx.counters.eval_tokens == 4 * s.schedule.n_evals
 
 
 def test_accuracy_drop_within_delta_does_not_fire():

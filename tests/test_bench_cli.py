@@ -53,15 +53,46 @@ def test_bench_two_strategies_rows_and_skip_finished(tmp_path):
     assert again["rows"][0]["ap"] == payload["rows"][0]["ap"]
 
 
+def test_budget_sweep_runs_every_budget_and_pairs_seeds(tmp_path):
+    cfg = from_dict({**RAW, "train": {**RAW["train"], "steps_per_task": 4}})
+    out = tmp_path / "sweep"
+    payload = bench.bench(cfg, ["uniform", "mssr_sampler"], [0, 1], out=out, progress=False, budgets=[0.25, 0.5])
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == sorted(f"{s}-seed{x}-order0-budget{b:g}" for s in ("uniform", "mssr_sampler")
+                          for x in (0, 1) for b in (0.25, 0.5))
+    rows = {(r["strategy"], r["budget"]): r for r in payload["rows"]}
+    assert set(rows) == {(s, b) for s in ("uniform", "mssr_sampler") for b in (0.25, 0.5)}
+    # task 2 replays budget x 4 steps x 8 samples: 8 at 0.25, 16 at 0.5
+    for (s, b), r in rows.items():
+        assert r["n_runs"] == 2 and r["overhead"] is not None
+    by = {(r["strategy"], r["budget"], r["seed"]): r for r in payload["runs"]}
+    assert {by[("uniform", b, 0)]["replay_samples"] for b in (0.25, 0.5)} == {8, 16}
+    pairs = bench.paired(payload["runs"], "mssr_sampler", "uniform")
+    assert [(p["budget"], p["seeds"]) for p in pairs] == [(0.25, [0, 1]), (0.5, [0, 1])]
+    p = pairs[0]
+    want = [by[("mssr_sampler", 0.25, x)]["ap"] - by[("uniform", 0.25, x)]["ap"] for x in (0, 1)]
+    assert p["diffs"] == pytest.approx(want) and p["wins"] == sum(d > 0 for d in want)
+    md = (out / "bench.md").read_text()
+    assert "| mssr_sampler | 0.25 |" in md and "Paired AP differences" in md and "| mssr_sampler | uniform | 0.5 | 0 |" in md
+    assert (out / "plots" / "ap_vs_replay_tokens.png").stat().st_size > 1000
+
+
+def test_bench_rejects_bad_budgets(tmp_path):
+    r = _cli("bench", "--budgets", "0.1,x", "--output", str(tmp_path / "b"))
+    assert r.returncode == 2 and "--budgets" in r.stderr and not (tmp_path / "b").exists()
+
+
 def test_task_orders_are_permutations_shared_by_strategies():
     assert bench.task_order(4, 0) == [0, 1, 2, 3]
     o1 = bench.task_order(4, 1)
     assert sorted(o1) == [0, 1, 2, 3] and o1 == bench.task_order(4, 1)
+    for n in (2, 3):  # never the listed order again (the first draw for 3 tasks, order 1, was)
+        assert all(bench.task_order(n, i) != list(range(n)) for i in range(1, 6))
 
 
 def test_mssr_gaps_do_not_shrink_and_events_recorded(tmp_path):
     cfg = from_dict({**RAW, "name": "m", "train": {**RAW["train"], "steps_per_task": 12},
-                     "replay": {**RAW["replay"], "strategy": "mssr"}})
+                     "replay": {**RAW["replay"], "strategy": "mssr", "mssr": {"schedule": "geometric"}}})
     r = experiment.run(cfg, tmp_path, progress=False)
     steps = [e["step"] for e in r["replay_events"] if e["task"] == 1]
     assert len(steps) >= 3 and steps[0] == 13  # first step of task 2 replays

@@ -208,4 +208,4 @@ def test_mssr_lr_interference_follows_the_loops_schedule(tmp_path):
     run = experiment.Run(cfg, experiment.run_dir_for(cfg, tmp_path), progress=False)
     run.execute()
     # g = lr / base lr at each of the 4 steps of each task: cosine factors 1, .854, .5, .146 (sum 2.5)
-    assert run.strategy.sampler.G == pytest.approx(2 * 2.5)
+    assert run.strategy.strength.G == pytest.approx(2 * 2.5)

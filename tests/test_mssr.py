@@ -11,7 +11,13 @@ from forgetless.config import Config
 from forgetless.data.task import Sample, Task, TaskStream
 from forgetless.replay import REGISTRY, StrategyContext, WorkCounters
 from forgetless.replay.memory import ReplayMemory
-from forgetless.replay.mssr import MSSR, MemoryStrength, MSSRScheduler
+from forgetless.replay.samplers.strength import MemoryStrength
+from forgetless.replay.schedules.mssr import MSSRScheduler
+from forgetless.replay.strategy import ReplayStrategy
+
+
+def MSSR(ctx):
+    return REGISTRY["mssr"](ctx)
 from forgetless.state import load_state, save_state
 
 
@@ -28,8 +34,9 @@ def _stream(n_tasks=3, per_task=40):
     return TaskStream(tasks=tasks, samples=samples)
 
 
-def _ctx(steps=(30, 30, 30), budget=None, size=100, seed=3, interference="loss", **mssr):
+def _ctx(steps=(30, 30, 30), budget=None, size=100, seed=3, interference="loss", schedule="geometric", **mssr):
     cfg = Config()
+    cfg.replay.mssr.schedule = schedule
     cfg.replay.memory.size = size
     cfg.replay.budget = budget
     cfg.replay.mssr.interference = interference
@@ -39,7 +46,7 @@ def _ctx(steps=(30, 30, 30), budget=None, size=100, seed=3, interference="loss",
                            steps_per_task=list(steps), batch_size=8)
 
 
-def _run(strategy: MSSR, task_indices, steps_per_task, start_step=0, obs_seed=0, record=None):
+def _run(strategy, task_indices, steps_per_task, start_step=0, obs_seed=0, record=None):
     """Drive the contract like the loop: start, (replay, observe) per step, end."""
     rng = np.random.default_rng(obs_seed)
     step = start_step
@@ -240,7 +247,8 @@ def test_unbudgeted_volumes():
 
 # ---- the strategy ------------------------------------------------------------------------------
 def test_registered():
-    assert REGISTRY["mssr"] is MSSR
+    strat = MSSR(_ctx())
+    assert isinstance(strat, ReplayStrategy) and (strat.schedule_name, strat.sampler_name) == ("mssr", "mssr")
 
 
 def test_strategy_spends_budget_and_follows_plan():
@@ -273,12 +281,12 @@ def test_observe_loss_interference_and_reviews():
     strat.on_task_start(ctx.stream.tasks[1], 1, 0)
     new = [1000, 1001]
     strat.observe(np.array(new + [-5]), np.array([2.0, 2.0, 9.0]), 0)
-    assert strat.sampler.G == pytest.approx(1.0)  # first step: g = 1 by construction
+    assert strat.strength.G == pytest.approx(1.0)  # first step: g = 1 by construction
     strat.observe(np.array(new + [3, -5]), np.array([1.0, 1.0, 1.0, 9.0]), 1)
-    assert strat.sampler.G == pytest.approx(1.0 + 1.0 / 1.5)  # ref = mean(2, 1)
+    assert strat.strength.G == pytest.approx(1.0 + 1.0 / 1.5)  # ref = mean(2, 1)
     slot = strat.memory.slots_of([3])[0]
     assert strat.memory.column("last_review")[slot] == 1
-    assert strat.memory.column("G_at_review")[slot] == pytest.approx(strat.sampler.G)
+    assert strat.memory.column("G_at_review")[slot] == pytest.approx(strat.strength.G)
     assert strat.memory.column("k")[slot] == pytest.approx(1.0)  # loss == loss_ref
     others = strat.memory.column("last_review")[: len(strat.memory)]
     assert (others == 1).sum() == 1  # general (negative) and new-task ids are not reviews
@@ -293,7 +301,7 @@ def test_observe_accepts_torch_tensors():
     strat.on_task_end(ctx.stream.tasks[0], 0, 0)
     loss = torch.tensor([0.5, 2.0], requires_grad=True) * 1.0
     strat.observe(torch.tensor([1000, 2]), loss, 0)
-    assert strat.sampler.G == 1.0 and strat.memory.column("last_review")[strat.memory.slots_of([2])[0]] == 0
+    assert strat.strength.G == 1.0 and strat.memory.column("last_review")[strat.memory.slots_of([2])[0]] == 0
 
 
 def test_state_round_trip_reproduces_draws(tmp_path):

@@ -27,15 +27,22 @@ COLUMNS = [
 ]
 
 
-def run_name(strategy: str, seed: int, order: int) -> str:
-    return f"{strategy}-seed{seed}-order{order}"
+def run_name(strategy: str, seed: int, order: int, budget: float | None = None) -> str:
+    """A budget sweep (``budgets``) adds the budget; a single-budget bench keeps the short name."""
+    return f"{strategy}-seed{seed}-order{order}" + ("" if budget is None else f"-budget{budget:g}")
 
 
 def task_order(n_tasks: int, order_index: int) -> list[int]:
-    """Order 0 is the listed order; order i > 0 a fixed random permutation (same for every strategy)."""
-    if order_index == 0:
+    """Order 0 is the listed order; order i > 0 a fixed random permutation (same for every strategy)
+    other than the listed order (a draw of the identity, e.g. 1 in 6 for 3 tasks, is drawn again:
+    it made "order 1" of the 3-task demo a copy of order 0)."""
+    if order_index == 0 or n_tasks < 2:
         return list(range(n_tasks))
-    return [int(i) for i in np.random.default_rng([1234, order_index]).permutation(n_tasks)]
+    rng = np.random.default_rng([1234, order_index])
+    while True:
+        p = [int(i) for i in rng.permutation(n_tasks)]
+        if p != list(range(n_tasks)):
+            return p
 
 
 def summarize(result: dict) -> dict:
@@ -60,26 +67,66 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
     return float(np.mean(v)), float(np.std(v))
 
 
-def aggregate(runs: list[dict], strategies: list[str]) -> list[dict]:
-    """Mean and std per strategy, plus wall-clock relative to uniform's when uniform ran."""
+def aggregate(runs: list[dict], strategies: list[str], budgets: list[float | None] | None = None) -> list[dict]:
+    """Mean and std per strategy (and budget), plus wall-clock relative to uniform's at the same
+    budget when uniform ran."""
     rows = []
-    for s in strategies:
-        mine = [r for r in runs if r["strategy"] == s]
-        row = {"strategy": s, "n_runs": len(mine)}
-        for key, _, _ in COLUMNS:
-            if key != "overhead":
-                row[key], row[key + "_std"] = _mean_std([r[key] for r in mine])
-        rows.append(row)
-    base = next((r for r in rows if r["strategy"] == "uniform"), None)
-    for r in rows:
-        r["overhead"] = r["wall_s"] / base["wall_s"] if base and base["wall_s"] else None
-        r["overhead_std"] = None
+    for b in budgets or [None]:
+        group = []
+        for s in strategies:
+            mine = [r for r in runs if r["strategy"] == s and (budgets is None or r.get("budget") == b)]
+            row = {"strategy": s, "n_runs": len(mine)}
+            if budgets is not None:
+                row["budget"] = b
+            for key, _, _ in COLUMNS:
+                if key != "overhead":
+                    row[key], row[key + "_std"] = _mean_std([r[key] for r in mine])
+            group.append(row)
+        base = next((r for r in group if r["strategy"] == "uniform"), None)
+        for r in group:
+            r["overhead"] = r["wall_s"] / base["wall_s"] if base and base["wall_s"] and r["wall_s"] is not None else None
+            r["overhead_std"] = None
+        rows += group
     return rows
 
 
+def paired(runs: list[dict], strategy: str, reference: str, key: str = "ap") -> list[dict]:
+    """Per-(budget, order) paired differences ``strategy - reference`` over the seeds both ran."""
+    out = []
+    cells = sorted({(r.get("budget"), r["order"]) for r in runs if r["strategy"] == strategy},
+                   key=lambda c: (c[0] is None, c[0] or 0, c[1]))
+    for b, o in cells:
+        mine = {r["seed"]: r[key] for r in runs if r["strategy"] == strategy and r.get("budget") == b and r["order"] == o}
+        ref = {r["seed"]: r[key] for r in runs if r["strategy"] == reference and r.get("budget") == b and r["order"] == o}
+        seeds = sorted(set(mine) & set(ref))
+        if not seeds:
+            continue
+        d = [mine[x] - ref[x] for x in seeds]
+        out.append({"budget": b, "order": o, "seeds": seeds, "diffs": d, "mean": float(np.mean(d)),
+                    "wins": sum(x > 0 for x in d)})
+    return out
+
+
+def paired_md(runs: list[dict], strategies: list[str], references=("uniform", "fixed")) -> str:
+    """Markdown table of paired AP differences against each reference that ran."""
+    lines = ["| strategy | vs | budget | order | AP diff per seed | mean | wins |", "|---|---|---|---|---|---|---|"]
+    for ref in references:
+        if not any(r["strategy"] == ref for r in runs):
+            continue
+        for s in strategies:
+            if s == ref:
+                continue
+            for p in paired(runs, s, ref):
+                per = ", ".join(f"{d:+.3f}" for d in p["diffs"])
+                lines.append(f"| {s} | {ref} | {p['budget'] if p['budget'] is not None else '-'} | {p['order']} | "
+                             f"{per} | {p['mean']:+.3f} | {p['wins']}/{len(p['diffs'])} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def table_md(rows: list[dict]) -> str:
-    head = "| strategy | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    out = [head, "|---" * (len(COLUMNS) + 1) + "|"]
+    sweep = any("budget" in r for r in rows)
+    head = "| strategy | " + ("budget | " if sweep else "") + " | ".join(h for _, h, _ in COLUMNS) + " |"
+    out = [head, "|---" * (len(COLUMNS) + 1 + sweep) + "|"]
     for r in rows:
         cells = []
         for key, _, d in COLUMNS:
@@ -90,7 +137,7 @@ def table_md(rows: list[dict]) -> str:
                 cells.append(f"{m:,.{d}f}")
             else:
                 cells.append(f"{m:,.{d}f} ± {s:,.{d}f}")
-        out.append(f"| {r['strategy']} | " + " | ".join(cells) + " |")
+        out.append(f"| {r['strategy']} | " + (f"{r['budget']:g} | " if sweep else "") + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -105,16 +152,22 @@ def write_plots(out: Path, rows: list[dict], results: list[dict]) -> None:
     def save(fig, name):
         save_png(fig, out / "plots" / name)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in rows:
-        if r["ap"] is None:
-            continue
-        ax.errorbar(r["replay_tokens"], r["ap"], xerr=r["replay_tokens_std"] or 0, yerr=r["ap_std"] or 0,
-                    fmt="o", capsize=3, label=r["strategy"])
-    ax.set_xlabel("replay tokens per run")
-    ax.set_ylabel("average accuracy (AP) after the last task")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # one curve per strategy: its points (one per budget of a sweep) joined in order of replay tokens
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, label in ((axes[0], "ap", "average accuracy (AP) after the last task"),
+                           (axes[1], "forgetting", "forgetting after the last task")):
+        for i, name in enumerate(dict.fromkeys(r["strategy"] for r in rows)):
+            pts = sorted((r for r in rows if r["strategy"] == name and r[key] is not None and r["replay_tokens"] is not None),
+                         key=lambda r: r["replay_tokens"])
+            if not pts:
+                continue
+            ax.errorbar([r["replay_tokens"] for r in pts], [r[key] for r in pts],
+                        xerr=[r["replay_tokens_std"] or 0 for r in pts], yerr=[r[key + "_std"] or 0 for r in pts],
+                        fmt="o-", capsize=3, label=name, color=f"C{i % 10}")
+        ax.set_xlabel("replay tokens per run")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     save(fig, "ap_vs_replay_tokens.png")
 
     firsts = {}
@@ -148,7 +201,8 @@ def _run_one(cfg_json: dict, runs_dir: str, progress: bool) -> dict:
     return experiment.run(_Config.model_validate(cfg_json), runs_dir, resume=True, progress=progress)
 
 
-def grid_configs(cfg: Config, strategies: list[str], seeds: list[int], orders: int) -> list[tuple[int, Config]]:
+def grid_configs(cfg: Config, strategies: list[str], seeds: list[int], orders: int,
+                 budgets: list[float] | None = None) -> list[tuple[int, Config]]:
     """(order index, run config) of every grid cell, validated like a user's config."""
     from forgetless.config import from_dict
     from forgetless.errors import InputError
@@ -166,25 +220,32 @@ def grid_configs(cfg: Config, strategies: list[str], seeds: list[int], orders: i
 
     check_source(cfg.replay.gere.source, strategies)  # before the first run, not midway
     cells = []
-    for o in range(orders):
-        for s in strategies:
-            for seed in seeds:
-                raw = cfg.model_dump(mode="json")
-                raw.update(name=run_name(s, seed, o), seed=seed)
-                raw["replay"]["strategy"] = s
-                raw["data"]["order"] = cfg.data.order if o == 0 else task_order(len(cfg.data.tasks), o)
-                cells.append((o, from_dict(raw, f"bench run {raw['name']}")))
+    for b in budgets or [None]:
+        for o in range(orders):
+            for s in strategies:
+                for seed in seeds:
+                    raw = cfg.model_dump(mode="json")
+                    raw.update(name=run_name(s, seed, o, b), seed=seed)
+                    raw["replay"]["strategy"] = s
+                    if b is not None:
+                        raw["replay"]["budget"] = b
+                    raw["data"]["order"] = cfg.data.order if o == 0 else task_order(len(cfg.data.tasks), o)
+                    cells.append((o, from_dict(raw, f"bench run {raw['name']}")))
     return cells
 
 
 def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int = 1, out: Path,
           jobs: int = 1, progress: bool = True, on_run: Callable[[int, int, dict], None] | None = None,
-          fresh: bool = False) -> dict:
+          fresh: bool = False, budgets: list[float] | None = None) -> dict:
     """Run the grid (reusing finished runs) and write bench.json, bench.md and plots under ``out``.
 
     A run directory already there is reused only when its config and task data are this grid
     cell's (experiment.check_same_run); otherwise nothing runs and the error names the field.
     ``fresh`` deletes ``out`` first, once every check has passed.
+
+    ``budgets`` sweeps ``replay.budget`` (one run per budget x order x strategy x seed); the plot
+    then draws one curve per strategy through its budgets, and bench.md adds per-seed paired AP
+    differences against uniform and fixed.
 
     ``jobs`` > 1 runs that many runs at once in worker processes (each with ``train.cpu_threads``
     threads): the demo uses 2 on a 2-core machine. Wall-clock ratios are then measured under that
@@ -195,7 +256,7 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
     from multiprocessing import get_context
 
     out = Path(out)
-    grid_cfgs = grid_configs(cfg, strategies, seeds, orders)
+    grid_cfgs = grid_configs(cfg, strategies, seeds, orders, budgets)
     for _, c in grid_cfgs:
         run_dir = experiment.run_dir_for(c, out / "runs")
         rundir.check_writable(run_dir)
@@ -203,7 +264,7 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
             rundir.check_config(c, run_dir)  # task data are checked by each run itself
     if fresh and out.exists():
         shutil.rmtree(out)
-    grid = [(o, c.replay.strategy, c.seed) for o, c in grid_cfgs]
+    grid = [(o, c.replay.strategy, c.seed, c.replay.budget if budgets else None) for o, c in grid_cfgs]
     cells = [c.model_dump(mode="json") for _, c in grid_cfgs]
     results: list[dict | None] = [None] * len(grid)
     t_start = time.perf_counter()
@@ -224,28 +285,36 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
                 results[i] = fut.result()
                 if on_run is not None:
                     on_run(done, len(grid), results[i])
-    for (o, _, _), res in zip(grid, results):
+    for (o, _, _, b), res in zip(grid, results):
         res["order_index"] = o
-    summaries = [summarize(r) | {"order": r["order_index"]} for r in results]
-    rows = aggregate(summaries, strategies)
+        res["budget"] = b if b is not None else cfg.replay.budget
+    summaries = [summarize(r) | {"order": r["order_index"], "budget": r["budget"]} for r in results]
+    rows = aggregate(summaries, strategies, budgets)
     payload = {"config": cfg.model_dump(mode="json"), "strategies": strategies, "seeds": seeds, "orders": orders,
+               "budgets": budgets,
                "rows": rows, "runs": summaries, "results": results,
                "wall_s": time.perf_counter() - t_start}
     atomic_write_text(out / "bench.json", json.dumps(payload, indent=1))
     write_plots(out, rows, results)
     md = [f"# Bench `{out.name}`", "",
           f"{len(strategies)} strategies × {len(seeds)} seeds × {orders} task order(s) on "
-          f"{', '.join(results[0]['tasks']) if results else '-'}; model `{cfg.model.name}`; "
-          f"replay budget {cfg.replay.budget if cfg.replay.budget is not None else 'unlimited'}.",
+          f"{', '.join(results[0]['tasks']) if results else '-'}; model `{cfg.model.name}`; " +
+          (f"replay budgets {', '.join(f'{b:g}' for b in budgets)}." if budgets else
+           f"replay budget {cfg.replay.budget if cfg.replay.budget is not None else 'unlimited'}."),
           "Mean ± std over seeds and orders. Time ratios are within this one bench (same machine, same load).", "",
-          table_md(rows), "",
-          "![AP vs replay tokens](plots/ap_vs_replay_tokens.png)", "",
-          "![per-task accuracy](plots/task_accuracy.png)", "", "![accuracy matrices](plots/accuracy_matrices.png)", ""]
+          table_md(rows), ""]
+    pairs = paired_md(summaries, strategies)
+    if pairs:
+        md += ["Paired AP differences (same seed, order and budget; wins: seeds where the strategy is higher):", "",
+               pairs, ""]
+    md += ["![AP and forgetting vs replay tokens](plots/ap_vs_replay_tokens.png)", "",
+           "![per-task accuracy](plots/task_accuracy.png)", "", "![accuracy matrices](plots/accuracy_matrices.png)", ""]
     atomic_write_text(out / "bench.md", "\n".join(md))
     return payload
 
 
-DEMO_STRATEGIES = ["none", "joint", "uniform", "fixed", "loss_triggered", "accuracy_triggered", "mssr", "gere", "gere+mssr"]
+DEMO_STRATEGIES = ["none", "joint", "uniform", "fixed", "loss_triggered", "accuracy_triggered", "mssr",
+                   "mssr_sampler", "mssr_schedule", "gere", "gere+mssr"]
 QUICK_STRATEGIES = ["none", "uniform"]
 
 

@@ -83,7 +83,7 @@ def _metrics_table(rows: list[dict], title: str) -> Table:
         for key, _, d in cols:
             v, s = r.get(key), r.get(key + "_std")
             cells.append("–" if v is None else _num(v, d))
-        table.add_row(r["strategy"], *cells)
+        table.add_row(r["strategy"] + (f" @{r['budget']:g}" if r.get("budget") is not None else ""), *cells)
     return table
 
 
@@ -141,6 +141,8 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
                                                        "default: all of them."),
               seeds: int = typer.Option(3, help="Seeds 0..N-1."),
               orders: int = typer.Option(1, help="Task orders: the listed one plus N-1 random ones."),
+              budgets: Optional[str] = typer.Option(None, help="Comma-separated replay budgets to sweep, e.g. "
+                                                    "0.02,0.05,0.1,0.25 (default: the config's replay.budget)."),
               set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
               output: Optional[str] = typer.Option(None, "--output", help="Bench directory (default bench/<name>)."),
               jobs: int = typer.Option(1, "--jobs", help="Runs at once; 1 keeps wall-clock ratios clean."),
@@ -168,8 +170,16 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
 
     if seeds < 1 or orders < 1 or jobs < 1:
         raise InputError(f"--seeds, --orders and --jobs must be at least 1 (got {seeds}, {orders}, {jobs})")
+    sweep = None
+    if budgets:
+        try:
+            sweep = [float(b) for b in budgets.split(",") if b.strip()]
+        except ValueError:
+            raise InputError(f"--budgets: expected comma-separated numbers, got {budgets!r}") from None
+        if not sweep or any(not (0 < b < float("inf")) for b in sweep) or len(set(sweep)) != len(sweep):
+            raise InputError(f"--budgets: expected distinct positive numbers, got {budgets!r}")
     payload = bench.bench(cfg, names, list(range(seeds)), orders=orders, out=out, jobs=jobs, progress=not quiet,
-                          on_run=on_run, fresh=fresh)
+                          on_run=on_run, budgets=sweep, fresh=fresh)
     console.print(_metrics_table(payload["rows"], f"bench {out}"))
     console.print(f"table: {out / 'bench.md'}")
 

@@ -164,10 +164,17 @@ class MSSRConfig(_Strict):
     interference: Literal["loss", "lr", "constant"] = "loss"
     temperature: float = Field(1.0, gt=0)
     floor: float = Field(0.01, ge=0, lt=1)  # share of the weight mass spread uniformly
-    # scheduler
+    # schedule: "retention" replays where predicted retention falls; "geometric" is the plan of
+    # expanding gaps fixed at task start (MSSR as first published here). docs/mssr.md §2
+    schedule: Literal["retention", "geometric"] = "retention"
+    signal: Literal["mean", "share"] = "mean"  # retention: mean strength, or share of strengths >= theta
+    theta: float = Field(0.5, gt=0, lt=1)  # retention, signal "share": strength below it counts as forgotten
+    line: float = Field(0.5, gt=0, le=1)  # retention: replay while predicted retention is below it
+    # geometric schedule
     gap0: int = Field(1, ge=1)
     growth: float = Field(1.2, gt=1)  # 1.5 left the last ~25% of a task without replay (docs/mssr.md)
     max_gap: int | None = Field(None, ge=1)  # gaps stop growing here (None: no cap)
+    # volume (both schedules): ratio(s) x batch size, s = steps since the task switch
     ratio0: float = Field(1.0, gt=0)
     ratio_floor: float = Field(0.1, ge=0)
     decay: Literal["exp", "inverse"] = "exp"
@@ -197,8 +204,16 @@ class GeReConfig(_Strict):
     ref_batch_size: int = Field(8, ge=1)  # samples per forward pass when computing the references
 
 
+SCHEDULE_NAMES = ("every_step", "fixed", "loss_triggered", "accuracy_triggered", "mssr")
+SAMPLER_NAMES = ("uniform", "mssr")
+
+
 class ReplayConfig(_Strict):
     strategy: str | list[str] = "uniform"  # a name, "a+b", or a list to compose
+    # override the (schedule, sampler) pair of the task-replay preset named in `strategy`
+    # (replay/strategy.py lists each preset's pair); None keeps the preset's
+    schedule: Literal[SCHEDULE_NAMES] | None = None
+    sampler: Literal[SAMPLER_NAMES] | None = None
     budget: float | None = Field(None, gt=0)  # >=1: replay samples per task; <1: fraction of new-task samples
     memory: MemoryConfig = MemoryConfig()
     uniform: UniformConfig = UniformConfig()

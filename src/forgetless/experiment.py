@@ -459,6 +459,8 @@ class Run:
             "hm_ga_ap": metrics.harmonic_mean(ga, float(acc[-1].mean())) if ga is not None else None,
             "counters": self.counters.as_dict(),
             "replay_events": self.replay_events,
+            # optional Strategy.report(): schedule, sampler, per-task budget use, predicted retention trace
+            "replay_report": self.strategy.report() if hasattr(self.strategy, "report") else {},
             "steps_per_task": self.steps,
             "strategy": "+".join(self.cfg.replay.strategies),
             "seed": self.cfg.seed,

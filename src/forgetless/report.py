@@ -65,7 +65,39 @@ def report_md(result: dict) -> str:
     out += [f"| {k} | {_fmt(v, 2)} |" for k, v in c.items()]
     out += ["", f"Replay events: {len(result['replay_events'])}.", "",
             "![accuracy matrix](plots/accuracy_matrix.png)", "", "![task accuracy](plots/task_accuracy.png)", ""]
+    if retention_trace(result) is not None:
+        out += ["![predicted retention](plots/retention.png)", ""]
     return "\n".join(out)
+
+
+def retention_trace(result: dict) -> dict | None:
+    """The predicted mean retention per step that a strength-keeping strategy (or a part of a
+    composite) recorded in ``replay_report``; None when there is none."""
+    rep = result.get("replay_report") or {}
+    for r in [rep, *(v for v in rep.values() if isinstance(v, dict))]:
+        tr = r.get("retention")
+        if tr and tr.get("step"):
+            return tr
+    return None
+
+
+def plot_retention(ax, result: dict) -> None:
+    """Predicted mean retention of the memory over steps; replay events as ticks sized by volume."""
+    tr = retention_trace(result)
+    ax.plot(tr["step"], tr["mean"], lw=1.2, color="C0", label="predicted mean retention")
+    ev = [e for e in result.get("replay_events", []) if e.get("step") is not None]
+    if ev:
+        n = np.asarray([e["n_samples"] for e in ev], dtype=float)
+        ax.scatter([e["step"] for e in ev], np.full(len(ev), -0.03), s=4 + 40 * n / n.max(), marker="|",
+                   color="C3", label="replay event (size: samples)")
+    ends = np.cumsum(result.get("steps_per_task", []))[:-1]
+    for x in ends:
+        ax.axvline(x + 0.5, color="0.6", lw=0.8, ls="--")
+    ax.set_ylim(-0.07, 1.02)
+    ax.set_xlabel("step (dashed: task switch)")
+    ax.set_ylabel("predicted retention")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
 
 
 def save_png(fig, path: Path) -> None:
@@ -122,6 +154,11 @@ def write_plots(run_dir: Path, result: dict) -> None:
     plot_task_curves(ax, result, f"score per task across stages — {result['strategy']}")
     ax.legend(fontsize=8, loc="best")
     save_png(fig, run_dir / "plots" / "task_accuracy.png")
+    if retention_trace(result) is not None:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        plot_retention(ax, result)
+        ax.set_title(f"memory model: predicted retention and replay — {result['strategy']}")
+        save_png(fig, run_dir / "plots" / "retention.png")
 
 
 def write_outputs(run_dir: Path, result: dict, results_too: bool = True) -> None:

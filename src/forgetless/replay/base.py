@@ -5,6 +5,7 @@ The loop (train.py) owns the steps; a strategy only answers at fixed points. See
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
@@ -139,6 +140,26 @@ class BaseStrategy:
 
     def load_state_dict(self, d: dict) -> None:
         pass
+
+
+class Carry:
+    """Rounds a fractional per-call volume so the running total stays floor(sum of rates)."""
+
+    def __init__(self) -> None:
+        self.target = 0.0
+        self.given = 0
+
+    def take(self, rate: float) -> int:
+        self.target += rate
+        n = max(0, math.floor(self.target + 1e-6) - self.given)  # 1e-6: float sums of 0.1s stay exact
+        self.given += n
+        return n
+
+    def state_dict(self) -> dict:
+        return {"target": self.target, "given": self.given}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.target, self.given = float(d["target"]), int(d["given"])
 
 
 class BudgetPacer:

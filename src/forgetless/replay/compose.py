@@ -6,11 +6,12 @@ import numpy as np
 
 from forgetless.errors import InputError
 from forgetless.replay.base import REGISTRY, BaseStrategy, ReplayBatch, StrategyContext
+from forgetless.replay.strategy import PRESETS
 
 
 def _load_registry() -> None:
     # importing the modules registers their strategies
-    from forgetless.replay import baselines, gere, mssr  # noqa: F401
+    from forgetless.replay import baselines, gere, strategy  # noqa: F401
 
 
 def available() -> list[str]:
@@ -57,6 +58,9 @@ class Composite(BaseStrategy):
         for p in self.parts:
             p.on_task_end(task, task_index, step)
 
+    def report(self) -> dict:
+        return {p.name: p.report() for p in self.parts if hasattr(p, "report")}
+
     def state_dict(self) -> dict:
         return {p.name: p.state_dict() for p in self.parts}
 
@@ -80,5 +84,9 @@ def check_names(names: list[str]) -> None:
 def build_strategy(ctx: StrategyContext):
     names = ctx.config.replay.strategies
     check_names(names)
+    rc = ctx.config.replay
+    if (rc.schedule or rc.sampler) and not any(n in PRESETS for n in names):
+        raise InputError(f"field 'replay.schedule' / 'replay.sampler': no task-replay strategy among "
+                         f"{'+'.join(names)} to apply them to; one of {', '.join(PRESETS)}")
     parts = [REGISTRY[n](ctx) for n in names]
     return parts[0] if len(parts) == 1 else Composite(ctx, parts)
