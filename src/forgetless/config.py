@@ -53,6 +53,10 @@ class DataConfig(_Strict):
     n_test: int | None = Field(None, ge=1)  # cap of evaluated test examples per task
     max_length: int = Field(128, ge=8)  # tokens per sample, prompt + target + EOS
     prompt_template: str = "{prompt}"  # applied to every prompt before tokenization
+    # prompt as the user turn, target as the assistant turn (loss on it only), same at evaluation.
+    # auto: on when the tokenizer has a chat template and the model's name or resolved path
+    # contains "instruct" or "chat" (data/tokenize.py: use_chat_template)
+    chat_template: bool | Literal["auto"] = "auto"
     general_texts: int = Field(64, ge=0)  # held-out general texts for perplexity (0: skip)
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Sequence
 
 import torch
 
 from forgetless.data.task import Example, Task
-from forgetless.data.tokenize import apply_template
+from forgetless.data.tokenize import render_prompt, render_target
 from forgetless.losses import token_losses
 
 _WS = re.compile(r"\s+")
@@ -109,10 +109,12 @@ def evaluate_task(
     template: str = "{prompt}",
     max_length: int | None = None,
     device=None,
+    chat: bool = False,
 ) -> EvalResult:
     """Accuracy on ``examples`` (default ``task.test``): exact match of greedy generations after
     :func:`normalize_answer` for generation tasks, argmax option log-likelihood for multiple
-    choice (``mean``: per-token average, ``sum``: total)."""
+    choice (``mean``: per-token average, ``sum``: total). ``chat``: prompts and answers rendered
+    through the tokenizer's chat template, exactly as training renders them."""
     examples = list(task.test if examples is None else examples)
     if not examples:
         raise ValueError(f"task '{task.name}': no examples to evaluate")
@@ -123,7 +125,11 @@ def evaluate_task(
     dev = _device_of(model, device)
     if max_length is None:
         max_length = _default_max_length(model)
-    prompts = _tokenize(tokenizer, [apply_template(template, ex.prompt) for ex in examples])
+    prompts = _tokenize(tokenizer, [render_prompt(tokenizer, template, ex.prompt, chat) for ex in examples])
+    if chat:  # answers as the assistant turn's content, as in training
+        examples = [replace(ex, target=render_target(ex.target, True),
+                            choices=ex.choices and tuple(render_target(c, True) for c in ex.choices))
+                    for ex in examples]
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start is not None:  # an empty prompt gives the model nothing to predict the answer from
         prompts = [p or [start] for p in prompts]

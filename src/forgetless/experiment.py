@@ -89,7 +89,7 @@ class Run:
 
         from forgetless.data import load_stream
         from forgetless.data.general import general_texts
-        from forgetless.data.tokenize import tokenize_stream
+        from forgetless.data.tokenize import tokenize_stream, use_chat_template
         from forgetless.model import load_model
         from forgetless.replay.compose import build_strategy, check_names
         from forgetless.train import steps_for_task
@@ -106,7 +106,8 @@ class Run:
         self._prepare_dir()
         model, self.tokenizer = load_model(cfg.model, device=self.accelerator.device)
         self.base_model = model  # unwrapped (PEFT) model: saved, evaluated, handed to strategies
-        tokenize_stream(self.stream, self.tokenizer, cfg.data.max_length, cfg.data.prompt_template)
+        self.chat = use_chat_template(cfg.data.chat_template, self.tokenizer, cfg.model.name)
+        tokenize_stream(self.stream, self.tokenizer, cfg.data.max_length, cfg.data.prompt_template, self.chat)
         self.steps = [steps_for_task(cfg.train, len(s)) for s in self.stream.samples]
         self.general = general_texts("heldout")[: cfg.data.general_texts] if cfg.data.general_texts else []
         self.counters = WorkCounters()
@@ -143,7 +144,7 @@ class Run:
             r = evaluate_task(self.base_model, self.tokenizer, self.stream.tasks[task_index], shard,
                               batch_size=self.cfg.eval.batch_size, mc_scoring=self.cfg.eval.mc_scoring,
                               max_new_tokens=self.cfg.eval.max_new_tokens, template=self.cfg.data.prompt_template,
-                              max_length=self.cfg.data.max_length, device=acc.device)
+                              max_length=self.cfg.data.max_length, device=acc.device, chat=self.chat)
             correct, n, tokens = r.accuracy * r.n, r.n, r.tokens
         correct, n, tokens = self._sum_over_processes(correct, n, tokens)
         self.counters.eval_tokens += int(tokens)
@@ -337,6 +338,7 @@ class Run:
             "model": self.cfg.model.name,
             "n_processes": self.accelerator.num_processes,
             "truncated_samples": self.stream.truncated,
+            "chat_template": self.chat,
             "versions": _versions(),
         }
         if self.accelerator.is_main_process:
