@@ -58,6 +58,9 @@ class DataConfig(_Strict):
     # contains "instruct" or "chat" (data/tokenize.py: use_chat_template)
     chat_template: bool | Literal["auto"] = "auto"
     general_texts: int = Field(64, ge=0)  # held-out general texts for perplexity (0: skip)
+    # general-knowledge questions scored per stage like a multiple-choice task (0: skip; for real
+    # models, data/general.py: knowledge_probe)
+    general_probe: int = Field(0, ge=0)
 
 
 class TrainConfig(_Strict):

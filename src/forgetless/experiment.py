@@ -88,7 +88,7 @@ class Run:
         from accelerate.utils import set_seed
 
         from forgetless.data import load_stream
-        from forgetless.data.general import general_texts
+        from forgetless.data.general import general_texts, knowledge_probe
         from forgetless.data.tokenize import tokenize_stream, use_chat_template
         from forgetless.model import load_model
         from forgetless.replay.compose import build_strategy, check_names
@@ -110,6 +110,8 @@ class Run:
         tokenize_stream(self.stream, self.tokenizer, cfg.data.max_length, cfg.data.prompt_template, self.chat)
         self.steps = [steps_for_task(cfg.train, len(s)) for s in self.stream.samples]
         self.general = general_texts("heldout")[: cfg.data.general_texts] if cfg.data.general_texts else []
+        self.probe = knowledge_probe(cfg.seed, cfg.data.general_probe) if cfg.data.general_probe else None
+        self.probe_acc: list[float | None] = []  # per stage
         self.counters = WorkCounters()
         self.ctx = StrategyContext(
             config=cfg, stream=self.stream, seed=cfg.seed, counters=self.counters, model=model,
@@ -134,14 +136,15 @@ class Run:
         t = acc.reduce(torch.tensor(values, dtype=torch.float64, device=acc.device), "sum")
         return [float(v) for v in t]
 
-    def _eval_examples(self, task_index: int, examples) -> float:
+    def _eval_examples(self, task_index: int, examples, task=None) -> float:
         from forgetless.evaluate import evaluate_task
 
         acc = self.accelerator
         shard = examples[acc.process_index :: acc.num_processes]
         correct, n, tokens = 0.0, 0, 0
         if shard:
-            r = evaluate_task(self.base_model, self.tokenizer, self.stream.tasks[task_index], shard,
+            task = task if task is not None else self.stream.tasks[task_index]
+            r = evaluate_task(self.base_model, self.tokenizer, task, shard,
                               batch_size=self.cfg.eval.batch_size, mc_scoring=self.cfg.eval.mc_scoring,
                               max_new_tokens=self.cfg.eval.max_new_tokens, template=self.cfg.data.prompt_template,
                               max_length=self.cfg.data.max_length, device=acc.device, chat=self.chat)
@@ -189,6 +192,7 @@ class Run:
             nll, tokens = self._sum_over_processes(nll, tokens)
             self.counters.eval_tokens += int(tokens)
             ppl = float(np.exp(nll / max(tokens, 1)))
+        self.probe_acc.append(self._eval_examples(-1, self.probe.test, self.probe) if self.probe else None)
         self.counters.time_eval_s += time.perf_counter() - t0
         return row, ppl
 
@@ -212,6 +216,7 @@ class Run:
             save_state(strategy_state, tmp, "strategy")
             loop = {
                 "stage": k, "global_step": self.global_step, "row": row, "general_ppl": ppl,
+                "general_probe": self.probe_acc[-1],
                 "counters": self.counters.as_dict(), "replay_events": self.replay_events,
                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state().numpy(),
             }
@@ -234,7 +239,7 @@ class Run:
         d = self._stage_dir(k)
         load_trainable(self.base_model, d / "trainable.safetensors")
         self.strategy.load_state_dict(load_state(d, "strategy"))
-        self.acc_rows, self.ppl = [], []
+        self.acc_rows, self.ppl, self.probe_acc = [], [], []
         for j in range(k + 1):
             loop_j = load_state(self._stage_dir(j), "loop")
             if j == 0:
@@ -242,6 +247,7 @@ class Run:
             else:
                 self.acc_rows.append(loop_j["row"])
             self.ppl.append(loop_j["general_ppl"])
+            self.probe_acc.append(loop_j.get("general_probe"))
         loop = load_state(d, "loop")
         self.global_step = int(loop["global_step"])
         self.counters.load(loop["counters"])
@@ -329,6 +335,7 @@ class Run:
             "metrics": to_jsonable(metrics.compute(acc, base)),
             "general_ppl": self.ppl,
             "general_ability": ga,
+            "general_probe_acc": self.probe_acc if self.probe else None,  # per stage, 0 = start
             "hm_ga_ap": metrics.harmonic_mean(ga, float(acc[-1].mean())) if ga is not None else None,
             "counters": self.counters.as_dict(),
             "replay_events": self.replay_events,

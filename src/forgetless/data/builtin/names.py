@@ -20,7 +20,7 @@ def iso639_code(seed: int = 0) -> Task:
     """The ISO 639-3 code of a language from its English name: Basque -> eus."""
     import pycountry
 
-    items = sorted((lang.name, Example(f"ISO 639-3 code of the {lang.name} language:", f" {lang.alpha_3}"))
+    items = sorted((lang.name, Example(f"ISO 639-3 code of the {lang.name} language? Answer:", f" {lang.alpha_3}"))
                    for lang in pycountry.languages)
     train, test = _split("iso639_code", seed, items)
     return Task("iso639_code", "generation", train, test,
@@ -32,7 +32,7 @@ def subdivision_code(seed: int = 0) -> Task:
     import pycountry
 
     country = {c.alpha_2: getattr(c, "common_name", c.name) for c in pycountry.countries}
-    items = sorted((s.code, Example(f"ISO 3166-2 code of {s.name} ({country.get(s.country_code, s.country_code)}):",
+    items = sorted((s.code, Example(f"ISO 3166-2 code of {s.name} ({country.get(s.country_code, s.country_code)})? Answer:",
                                     f" {s.code}")) for s in pycountry.subdivisions)
     train, test = _split("subdivision_code", seed, items)
     return Task("subdivision_code", "generation", train, test,
@@ -56,7 +56,7 @@ def _cldr_pairs() -> list[tuple[str, str, str]]:
 
 def cldr_german(seed: int = 0) -> Task:
     """The German name of a country, language or currency: Japanese Yen -> Japanischer Yen."""
-    items = sorted({(f"{k}:{e}", Example(f'German name of the {k} "{e}":', f" {d}")) for k, e, d in _cldr_pairs()},
+    items = sorted({(f"{k}:{e}", Example(f'German name of the {k} "{e}"? Answer:', f" {d}")) for k, e, d in _cldr_pairs()},
                    key=lambda kv: kv[0])
     train, test = _split("cldr_german", seed, items, 500, 250)  # 820 names in all
     return Task("cldr_german", "generation", train, test,

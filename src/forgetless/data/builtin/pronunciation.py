@@ -49,37 +49,45 @@ def _generation(name: str, seed: int, prompt: str, answer) -> Task:
 
 def cmu_syllables(seed: int = 0) -> Task:
     """How many syllables a word has (vowel phones in its CMU pronunciation)."""
-    return _generation("cmu_syllables", seed, 'Number of syllables in "{w}":', lambda p: len(_stress(p)))
+    return _generation("cmu_syllables", seed, 'How many syllables does "{w}" have? Answer:', lambda p: len(_stress(p)))
 
 
 def cmu_stress(seed: int = 0) -> Task:
     """The word's stress pattern, one digit per syllable (1 = primary stress): banana -> 010.
     Same prompts' words as cmu_syllables, another answer: the two interfere."""
-    return _generation("cmu_stress", seed, 'Stress pattern of "{w}" (1 = stressed syllable):', _stress)
+    return _generation("cmu_stress", seed, 'Stress pattern of "{w}", one digit per syllable, 1 = stressed? Answer:', _stress)
+
+
+@lru_cache(maxsize=1)
+def _rhyme_index():
+    """(rhyme of each word, words per rhyme, words per last two letters, words with a rhyme partner)."""
+    rhyme_of = {w: _rhyme(p) for w, p in _words()}
+    by_rhyme: dict[tuple, list[str]] = {}
+    by_end: dict[str, list[str]] = {}
+    for w, r in rhyme_of.items():
+        by_rhyme.setdefault(r, []).append(w)
+        by_end.setdefault(w[-2:], []).append(w)
+    queries = [w for w, r in rhyme_of.items() if len(by_rhyme[r]) >= 2]
+    return rhyme_of, by_rhyme, by_end, queries
 
 
 def cmu_rhyme(seed: int = 0) -> Task:
     """Which of four words rhymes with the given one. The three others end in the same two
     letters when possible (cough / though), so spelling alone does not decide."""
     rng = rng_for("cmu_rhyme", seed)
-    words = _words()
-    by_rhyme: dict[tuple, list[str]] = {}
-    for w, p in words:
-        by_rhyme.setdefault(_rhyme(p), []).append(w)
-    rhyme_of = {w: _rhyme(p) for w, p in words}
-    by_end: dict[str, list[str]] = {}
-    for w, _ in words:
-        by_end.setdefault(w[-2:], []).append(w)
-    queries = [w for w, _ in words if len(by_rhyme[rhyme_of[w]]) >= 2]
+    rhyme_of, by_rhyme, by_end, queries = _rhyme_index()
+    words = sorted(rhyme_of)
 
     def draw():
         w = queries[rng.randrange(len(queries))]
         r = rhyme_of[w]
         right = rng.choice([x for x in by_rhyme[r] if x != w])
         pool = [x for x in by_end[w[-2:]] if rhyme_of[x] != r]
-        if len(pool) < 3:
-            pool = [x for x, _ in words if rhyme_of[x] != r]
-        wrong = rng.sample(pool, 3)
+        wrong = rng.sample(pool, 3) if len(pool) >= 3 else []
+        while len(wrong) < 3:
+            x = words[rng.randrange(len(words))]
+            if rhyme_of[x] != r and x not in wrong:
+                wrong.append(x)
         return w, mc(f'Which word rhymes with "{w}"? Answer:', f" {right}", [f" {x}" for x in wrong], rng)
 
     train, test = unique_split(draw, N_TRAIN, N_TEST)
