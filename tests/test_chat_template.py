@@ -80,3 +80,32 @@ def test_evaluation_renders_like_training(chat_tok):
     p = ids(chat_tok, render_prompt(chat_tok, "{prompt}", "Pick:", True))
     for opt in ("Rome", "Paris"):  # options scored as the assistant turn's content, as trained
         assert any(r[: len(p) + len(ids(chat_tok, opt))] == p + ids(chat_tok, opt) for r in rows)
+
+
+def test_run_with_chat_template_and_knowledge_probe(tmp_path):
+    """End to end on the tiny model copied as an "instruct" model with a chat template: auto turns
+    the template on, and the general-knowledge probe is scored at every stage."""
+    import json
+    import shutil
+
+    from forgetless import experiment
+    from forgetless.config import from_dict
+    from forgetless.model import TINY_DIR
+
+    model_dir = tmp_path / "tiny-instruct"
+    shutil.copytree(TINY_DIR, model_dir)
+    tc = json.loads((model_dir / "tokenizer_config.json").read_text())
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({**tc, "chat_template": CHATML}))
+    raw = {"name": "c", "model": {"name": str(model_dir), "lora": {"enabled": False}},
+           "data": {"tasks": ["first_word", "country_code"], "n_train": 16, "n_test": 4, "general_texts": 0,
+                    "general_probe": 6},
+           "train": {"steps_per_task": 2, "batch_size": 4}, "eval": {"batch_size": 8},
+           "replay": {"strategy": "none"}}
+    r = experiment.run(from_dict(raw), tmp_path / "runs", progress=False)
+    assert r["chat_template"] is True
+    assert len(r["general_probe_acc"]) == 3 and all(0 <= a <= 1 for a in r["general_probe_acc"])
+    assert all(6 * a == round(6 * a) for a in r["general_probe_acc"])  # 6 questions each stage
+    raw["data"]["chat_template"] = False
+    raw["name"] = "p"
+    r = experiment.run(from_dict(raw), tmp_path / "runs", progress=False)
+    assert r["chat_template"] is False
