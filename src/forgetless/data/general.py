@@ -186,9 +186,19 @@ def knowledge_probe(seed: int = 0, n: int | None = None) -> "Task":
         if langs:
             facts.append((f"What is the main official language of {country}? Answer:",
                           en.languages[max(langs)[1]], "language"))
-    pools = {k: sorted({a for _, a, kk in facts if kk == k}) for k in ("currency", "language")}
-    test = [mc(q, f" {a}", [f" {x}" for x in rng.sample([p for p in pools[k] if p != a], 3)], rng)
-            for q, a, k in facts]
+    # distractors drawn from the answers as often as they occur (Euro, English, Arabic ... are
+    # frequent), so always picking a common answer does not pass the probe
+    pools = {k: [a for _, a, kk in facts if kk == k] for k in ("currency", "language")}
+
+    def distractors(a: str, k: str) -> list[str]:
+        out: list[str] = []
+        while len(out) < 3:
+            x = pools[k][rng.randrange(len(pools[k]))]
+            if x != a and x not in out:
+                out.append(x)
+        return out
+
+    test = [mc(q, f" {a}", [f" {x}" for x in distractors(a, k)], rng) for q, a, k in facts]
     if n is not None and n < len(test):
         test = rng.sample(test, n)
     return Task("general_knowledge", "multiple_choice", [], test,
