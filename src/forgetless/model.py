@@ -63,21 +63,22 @@ def convert_gguf(path: str | Path) -> Path:
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, IndexError) as e:
         raise InputError(f"cannot read GGUF {str(path)!r}: {_first_line(e)}", field="model.name") from e
     model.hf_quantizer = None  # dequantised to fp32 on load; save_pretrained refuses otherwise
     if hasattr(model.config, "quantization_config"):  # the saved directory is plain fp32, not GGUF
         del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         tmp.rename(out)
-    except OSError:
+    except OSError as e:
         if not (out / "config.json").is_file():  # not a concurrent conversion that won the rename
-            raise
+            raise InputError(f"cannot write the converted model to {out.parent} ({e}); set FORGETLESS_CACHE "
+                             "to a writable directory", field="model.name") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
