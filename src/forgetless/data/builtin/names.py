@@ -4,10 +4,17 @@ a rule (codes often start like the name); test names never occur as training pro
 
 from __future__ import annotations
 
+import re
+
 from forgetless.data.builtin._util import mc, rng_for, unique_split
 from forgetless.data.task import Example, Task
 
 N_TRAIN, N_TEST = 600, 300
+_BRACKETS = re.compile(r"\s*\[[^\]]*\]")  # "Flintshire [Sir y Fflint GB-FFL]": alt names, old codes
+
+
+def _sub_name(s) -> str:
+    return _BRACKETS.sub("", s.name).strip()
 
 
 def _split(name: str, seed: int, items: list[tuple[str, Example]], n_train: int = N_TRAIN,
@@ -32,7 +39,7 @@ def subdivision_code(seed: int = 0) -> Task:
     import pycountry
 
     country = {c.alpha_2: getattr(c, "common_name", c.name) for c in pycountry.countries}
-    items = sorted((s.code, Example(f"ISO 3166-2 code of {s.name} ({country.get(s.country_code, s.country_code)})? Answer:",
+    items = sorted((s.code, Example(f"ISO 3166-2 code of {_sub_name(s)} ({country.get(s.country_code, s.country_code)})? Answer:",
                                     f" {s.code}")) for s in pycountry.subdivisions)
     train, test = _split("subdivision_code", seed, items)
     return Task("subdivision_code", "generation", train, test,
@@ -72,7 +79,7 @@ def subdivision_country(seed: int = 0) -> Task:
     owners: dict[tuple[str, str], set[str]] = {}
     for s in pycountry.subdivisions:
         if s.country_code in country:
-            owners.setdefault((s.name, s.type.lower()), set()).add(country[s.country_code])
+            owners.setdefault((_sub_name(s), s.type.lower()), set()).add(country[s.country_code])
     subs = sorted((name, kind, next(iter(c))) for (name, kind), c in owners.items() if len(c) == 1)  # unambiguous
     names = sorted(set(country.values()))
 
