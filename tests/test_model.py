@@ -92,7 +92,7 @@ def test_bad_model_name_is_input_error(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name,allow,env,says", [
-    ("my-model-dir", True, "1", "no such directory, and neither a local directory nor in the local Hugging Face cache"),
+    ("my-model-dir", True, "1", "no such directory (a path typo?), and not in the local Hugging Face cache"),
     ("no-such-org-xyz/no-such-model-xyz", False, "", "downloads are off"),
     ("no-such-org-xyz/no-such-model-xyz", True, "1", "downloads are off"),
 ])
@@ -106,6 +106,7 @@ def test_uncached_hub_id_offline_fails_at_once(name, allow, env, says, monkeypat
     with pytest.raises(InputError, match="model.name") as e:
         load_model(ModelConfig(name=name, allow_download=allow))
     assert repr(name) in str(e.value) and says in str(e.value) and "\n" not in str(e.value)
+    assert "neither a local directory nor in the local Hugging Face cache" in str(e.value) or "/" not in name
     assert ("no such directory" in str(e.value)) == ("/" not in name)
 
 

@@ -143,8 +143,8 @@ def _hub_source(name: str, revision: str | None, allow_download: bool) -> tuple[
         cached = None
     if isinstance(cached, str):  # load the snapshot folder itself: nothing can reach for the network
         return str(Path(cached).parent), True
-    typo = "" if "/" in name else "no such directory, and "
-    what = f"model {name!r}: {typo}neither a local directory nor in the local Hugging Face cache"
+    what = (f"model {name!r}: neither a local directory nor in the local Hugging Face cache" if "/" in name
+            else f"model {name!r}: no such directory (a path typo?), and not in the local Hugging Face cache")
     if _offline(allow_download):
         raise InputError(f"{what}, and downloads are off (model.allow_download: false or HF_HUB_OFFLINE=1)",
                          field="model.name")
