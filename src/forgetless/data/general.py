@@ -158,3 +158,48 @@ def general_texts(split: Literal["train", "heldout"] = "heldout") -> list[str]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return list(_read(split))
+
+
+def knowledge_probe(seed: int = 0, n: int | None = None) -> "Task":
+    """General knowledge a pretrained model has and fine-tuning can erode, scored like a
+    multiple-choice task: the main currency and the most spoken official language of each country
+    in Unicode CLDR (``babel``), four options each, in English. No built-in task trains on these
+    questions. ``n`` caps the questions (a seeded sample; default all, about 480)."""
+    from babel import Locale
+    from babel.core import get_global
+    from babel.numbers import get_territory_currencies
+
+    from forgetless.data.builtin._util import mc, rng_for
+    from forgetless.data.task import Task
+
+    en = Locale("en")
+    rng = rng_for("knowledge_probe", seed)
+    facts: list[tuple[str, str, str]] = []  # (question, answer, kind)
+    for code, country in sorted(en.territories.items()):
+        if code.isdigit() or code in ("ZZ", "EU", "EZ", "UN", "QO", "XA", "XB"):
+            continue
+        cur = [c for c in get_territory_currencies(code) if c in en.currencies]
+        if cur:
+            facts.append((f"What is the currency of {country}? Answer:", en.currencies[cur[0]], "currency"))
+        langs = [(v["population_percent"], k) for k, v in get_global("territory_languages").get(code, {}).items()
+                 if v.get("official_status") in ("official", "de_facto_official") and k in en.languages]
+        if langs:
+            facts.append((f"What is the main official language of {country}? Answer:",
+                          en.languages[max(langs)[1]], "language"))
+    # distractors drawn from the answers as often as they occur (Euro, English, Arabic ... are
+    # frequent), so always picking a common answer does not pass the probe
+    pools = {k: [a for _, a, kk in facts if kk == k] for k in ("currency", "language")}
+
+    def distractors(a: str, k: str) -> list[str]:
+        out: list[str] = []
+        while len(out) < 3:
+            x = pools[k][rng.randrange(len(pools[k]))]
+            if x != a and x not in out:
+                out.append(x)
+        return out
+
+    test = [mc(q, f" {a}", [f" {x}" for x in distractors(a, k)], rng) for q, a, k in facts]
+    if n is not None and n < len(test):
+        test = rng.sample(test, n)
+    return Task("general_knowledge", "multiple_choice", [], test,
+                source="babel: CLDR currencies and official languages of countries (4 options)")

@@ -4,6 +4,12 @@ A sample is ``prompt tokens + target tokens + EOS``; labels are -100 on the prom
 target are tokenized separately (no special tokens) and concatenated, so the prompt/target
 boundary is exact whatever the tokenizer merges across it.
 
+With a chat template (``data.chat_template``) the prompt is rendered as the user turn followed by
+the assistant header (``add_generation_prompt``), and the target, without its leading
+whitespace, is the assistant turn ended by EOS, which for instruct tokenizers is the end-of-turn
+token (``<|im_end|>``): the loss falls on the assistant turn only. Evaluation renders prompts and
+answers with the same two functions, so train and test see one format.
+
 Truncation to ``max_length``: the whole target + EOS is kept and the prompt is cut from the
 LEFT (its end, next to the answer, matters most). If target + EOS alone exceed ``max_length``,
 the prompt is dropped and the target's end is cut. Either cut marks the sample truncated.
@@ -60,15 +66,51 @@ def apply_template(template: str, prompt: str) -> str:
         raise InputError(f"must use only '{{prompt}}' ({e})", field="data.prompt_template") from None
 
 
-def tokenize_stream(stream: TaskStream, tokenizer, max_length: int, template: str = "{prompt}") -> TaskStream:
+INSTRUCT_MARKERS = ("instruct", "chat")
+
+
+def is_instruct(*names: str) -> bool:
+    """The rule behind ``chat_template: auto``: a model is an instruct model when its name, as
+    given or as the directory / GGUF file it resolves to, contains "instruct" or "chat"."""
+    return any(m in str(n).lower() for n in names if n for m in INSTRUCT_MARKERS)
+
+
+def use_chat_template(setting: bool | str, tokenizer, *names: str) -> bool:
+    """Whether prompts go through the tokenizer's chat template: ``True``/``False`` as set,
+    ``"auto"``: the tokenizer has a chat template and :func:`is_instruct` holds."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if setting == "auto":
+        return has and is_instruct(*names, getattr(tokenizer, "name_or_path", ""))
+    if setting and not has:
+        raise InputError("is true but the tokenizer has no chat template", field="data.chat_template")
+    return bool(setting)
+
+
+def render_prompt(tokenizer, template: str, prompt: str, chat: bool = False) -> str:
+    """The prompt text the model sees: ``template`` applied, then (``chat``) the user turn and
+    the assistant header."""
+    text = apply_template(template, prompt)
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return text
+
+
+def render_target(target: str, chat: bool = False) -> str:
+    """The answer text: as written, or as the assistant turn's content (no leading whitespace)."""
+    return target.lstrip() if chat else target
+
+
+def tokenize_stream(stream: TaskStream, tokenizer, max_length: int, template: str = "{prompt}",
+                    chat: bool = False) -> TaskStream:
     """Fill ``stream.samples`` with the tokenized training examples of every task. Sample ids
     run 0.. over the whole stream (task t's ids follow task t-1's); ``task_id`` is the index."""
     eos = _eos(tokenizer)
     stream.samples, stream.truncated = [], 0
     offset = 0
     for task_id, task in enumerate(stream.tasks):
-        prompts = [apply_template(template, ex.prompt) for ex in task.train]
-        targets = [ex.target for ex in task.train]
+        prompts = [render_prompt(tokenizer, template, ex.prompt, chat) for ex in task.train]
+        targets = [render_target(ex.target, chat) for ex in task.train]
         p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
         t_ids = tokenizer(targets, add_special_tokens=False)["input_ids"] if targets else []
         samples = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from forgetless.data.builtin import calendar_tasks, countries, numbers, unicode_tasks, words
+from forgetless.data.builtin import calendar_tasks, countries, names, numbers, pronunciation, unicode_tasks, words
 from forgetless.data.task import Task
 from forgetless.errors import InputError
 
@@ -26,7 +26,17 @@ BUILTIN: dict[str, Builder] = {
     "country_code": countries.country_code,
     "month_name": calendar_tasks.month_name,
     "days_in_month": calendar_tasks.days_in_month,
+    # the real-data suite for pretrained models (docs/tasks.md): knowledge more than rules
+    "cmu_syllables": pronunciation.cmu_syllables,
+    "cmu_stress": pronunciation.cmu_stress,
+    "cmu_rhyme": pronunciation.cmu_rhyme,
+    "iso639_code": names.iso639_code,
+    "subdivision_code": names.subdivision_code,
+    "subdivision_country": names.subdivision_country,
+    "cldr_german": names.cldr_german,
 }
+REAL_SUITE = ("cmu_syllables", "cmu_stress", "cmu_rhyme", "iso639_code", "subdivision_code",
+              "subdivision_country", "cldr_german")
 
 
 def build_builtin(name: str, seed: int = 0) -> Task:
