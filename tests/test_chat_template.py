@@ -105,6 +105,7 @@ def test_run_with_chat_template_and_knowledge_probe(tmp_path):
     assert r["chat_template"] is True
     assert len(r["general_probe_acc"]) == 3 and all(0 <= a <= 1 for a in r["general_probe_acc"])
     assert all(6 * a == round(6 * a) for a in r["general_probe_acc"])  # 6 questions each stage
+    assert "## General knowledge probe" in (tmp_path / "runs" / "c" / "report.md").read_text()
     raw["data"]["chat_template"] = False
     raw["name"] = "p"
     r = experiment.run(from_dict(raw), tmp_path / "runs", progress=False)

@@ -55,6 +55,11 @@ def report_md(result: dict) -> str:
            "| start | " + " | ".join(_fmt(v) for v in result["baseline_acc"]) + " |"]
     for name, row in zip(names, result["acc"]):
         out.append(f"| {name} | " + " | ".join(_fmt(v) for v in row) + " |")
+    probe = result.get("general_probe_acc")
+    if probe:
+        out += ["", "## General knowledge probe (multiple choice, never trained on)", "",
+                "| stage | " + " | ".join(str(k) for k in range(len(probe))) + " |", "|---" * (len(probe) + 1) + "|",
+                "| accuracy | " + " | ".join(_fmt(v) for v in probe) + " |"]
     general = result.get("general_tasks") or []
     if general:
         keys = sorted({k for g in general for k in g["scores"]})
