@@ -135,7 +135,7 @@ class Run:
         from forgetless.replay.compose import build_strategy, check_names
         from forgetless.replay.gere import check_source
         from forgetless.tracking import Tracking, accelerator_kwargs
-        from forgetless.train import steps_for_task
+        from forgetless.train import LOOP_RNG_TAG, steps_for_task
 
         cfg = self.cfg
         check_names(cfg.replay.strategies)
@@ -177,7 +177,7 @@ class Run:
         self.model = self.accelerator.prepare(model)
         self._write_config()
         self.tracking = Tracking(self.accelerator, cfg, self.run_dir)  # after the config: nothing on bad input
-        self.rng = np.random.default_rng([cfg.seed, 7])
+        self.rng = np.random.default_rng([cfg.seed, LOOP_RNG_TAG])
         self.acc_rows: list[list[float]] = []
         self.ppl: list[float | None] = []
         self.harness: list[dict[str, float] | None] = []  # lm-eval scores per stage (None: not run)

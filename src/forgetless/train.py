@@ -23,6 +23,11 @@ from forgetless.losses import sample_means, token_losses
 from forgetless.replay.base import Strategy, WorkCounters
 
 
+# the loop RNG (task batches, merge order) is default_rng([seed, LOOP_RNG_TAG]) in forgetless run and
+# in the Trainer integration alike, so both make the same draws
+LOOP_RNG_TAG = 7
+
+
 def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sample; labels -100 on padding."""
     n = len(samples)

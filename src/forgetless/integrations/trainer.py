@@ -29,11 +29,10 @@ from forgetless.data.task import Sample, Task, TaskStream
 from forgetless.errors import InputError
 from forgetless.replay.base import Strategy, StrategyContext, WorkCounters
 from forgetless.state import atomic_write_text, load_state, save_state
-from forgetless.train import BatchSampler, _gather_all, collate, compose_step, in_merged_order, micro_batches, \
+from forgetless.train import LOOP_RNG_TAG, BatchSampler, _gather_all, collate, compose_step, in_merged_order, micro_batches, \
     step_loss, steps_for_task
 
 STATE_DIR = "forgetless"  # inside each checkpoint-N folder: the stream's and the strategy's state
-LOOP_RNG_TAG = 7  # the loop RNG is default_rng([seed, 7]), as in experiment.Run
 
 
 def _as_config(config: Config | dict | str | os.PathLike | None) -> Config:
