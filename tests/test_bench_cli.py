@@ -149,3 +149,13 @@ def test_quick_demo_shows_forgetting_and_its_cure(tmp_path):
     assert rows["none"]["bwt"] < -0.3  # sequential fine-tuning forgets
     assert rows["uniform"]["forgetting"] < rows["none"]["forgetting"] - 0.2  # replay cures much of it
     assert (tmp_path / "demo" / "quick" / "plots" / "task_accuracy.png").is_file()
+
+
+def test_paired_wins_count_only_real_differences():
+    """Equal scores summed in another order differ by float rounding; that is a tie, not a win."""
+    runs = [{"strategy": s, "seed": seed, "order": 0, "budget": 0.05, "ap": ap}
+            for s, seed, ap in [("a", 0, 0.1 + 0.2), ("b", 0, 0.3), ("a", 1, 0.5), ("b", 1, 0.4),
+                                ("a", 2, 0.2), ("b", 2, 0.25)]]
+    (p,) = bench.paired(runs, "a", "b")
+    assert p["seeds"] == [0, 1, 2] and p["diffs"][0] > 0  # 0.1 + 0.2 > 0.3 in floats
+    assert p["wins"] == 1

@@ -103,7 +103,7 @@ def paired(runs: list[dict], strategy: str, reference: str, key: str = "ap") -> 
             continue
         d = [mine[x] - ref[x] for x in seeds]
         out.append({"budget": b, "order": o, "seeds": seeds, "diffs": d, "mean": float(np.mean(d)),
-                    "wins": sum(x > 0 for x in d)})
+                    "wins": sum(x > 1e-9 for x in d)})  # an equal score in float rounding is no win
     return out
 
 
