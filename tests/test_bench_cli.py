@@ -159,3 +159,13 @@ def test_paired_wins_count_only_real_differences():
     (p,) = bench.paired(runs, "a", "b")
     assert p["seeds"] == [0, 1, 2] and p["diffs"][0] > 0  # 0.1 + 0.2 > 0.3 in floats
     assert p["wins"] == 1
+
+
+def test_bench_orders_refused_for_a_benchmark_preset(tmp_path):
+    """A preset's orders are the papers'; bench's random permutations would silently be other streams."""
+    from forgetless.errors import InputError
+
+    cfg = from_dict({"data": {"benchmark": "cl4", "benchmark_dir": str(tmp_path)}})
+    with pytest.raises(InputError, match="benchmark_order"):
+        bench.grid_configs(cfg, ["uniform"], [0], 2)
+    assert len(bench.grid_configs(cfg, ["uniform"], [0], 1)) == 1

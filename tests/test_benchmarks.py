@@ -119,3 +119,24 @@ def test_metric_override_of_an_unknown_task_and_bad_harness_stage(tmp_path):
     with pytest.raises(InputError, match=r"stages \[5\] do not exist"):
         experiment.run(cfg, tmp_path, progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_resolved_benchmark_config_validates_again(tmp_path):
+    """config.yaml holds every field; reading it back (resume, bench) must give the same config."""
+    from forgetless.config import dump_config, from_dict, load_config
+
+    cfg = from_dict({"data": {"benchmark": "cl4", "benchmark_dir": str(tmp_path)}})
+    (tmp_path / "c.yaml").write_text(dump_config(cfg))
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_bench_runs_a_preset_and_reuses_it(tmp_path):
+    """The bench re-validates each cell's resolved config and reuses finished runs of a preset."""
+    from forgetless import bench
+
+    cfg = from_dict({"data": {"benchmark": "cl4", "benchmark_dir": str(FIX / "CL_Benchmark"), "general_texts": 0},
+                     "train": {"steps_per_task": 1, "batch_size": 2}, "model": {"lora": {"enabled": False}}})
+    first = bench.bench(cfg, ["none"], [0], out=tmp_path / "b", progress=False)
+    assert first["runs"][0]["tasks"] == [t.name for t in load_stream(cfg.data, 0).tasks]
+    again = bench.bench(cfg, ["none"], [0], out=tmp_path / "b", progress=False)  # reused, same numbers
+    assert again["runs"][0]["ap"] == first["runs"][0]["ap"]

@@ -214,6 +214,9 @@ def grid_configs(cfg: Config, strategies: list[str], seeds: list[int], orders: i
         raise InputError("need at least one seed", field="--seeds")
     if orders < 1:
         raise InputError(f"need at least one task order, got {orders}", field="--orders")
+    if orders > 1 and cfg.data.benchmark is not None:  # random permutations would not be the papers' orders
+        raise InputError(f"a benchmark preset brings its own task orders: run one bench per "
+                         f"data.benchmark_order instead of --orders {orders} (docs/benchmarks.md)", field="--orders")
     for s in strategies:
         check_names(s.split("+"))
     from forgetless.replay.gere import check_source

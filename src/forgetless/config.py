@@ -83,7 +83,9 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _benchmark(self):
-        if self.benchmark is not None and "tasks" in self.model_fields_set:
+        # compared with the default, not with "was it set": a resolved config.yaml lists every field,
+        # and must validate again on --resume and in bench
+        if self.benchmark is not None and self.tasks != type(self).model_fields["tasks"].default:
             raise ValueError("give either data.benchmark or data.tasks, not both")
         if self.benchmark is not None and self.benchmark_dir is None:
             raise ValueError(f"data.benchmark={self.benchmark} needs data.benchmark_dir (see docs/benchmarks.md)")
