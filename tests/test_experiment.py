@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers.configs import with_overrides
 from forgetless import experiment
-from forgetless.config import from_dict, load_config
+from forgetless.config import load_config
 from forgetless.errors import InputError
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -25,14 +26,7 @@ RAW = {
 
 
 def _cfg(**over):
-    raw = json.loads(json.dumps(RAW))
-    for k, v in over.items():
-        node = raw
-        *path, last = k.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return from_dict(raw)
+    return with_overrides(RAW, **over)
 
 
 def _write(tmp_path, cfg) -> Path:

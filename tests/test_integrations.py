@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainingArguments
 
+from helpers.configs import with_overrides
 from forgetless import experiment
-from forgetless.config import from_dict
 from forgetless.integrations import ReplayTrainer
 from forgetless.replay import compose
 
@@ -31,14 +31,7 @@ RAW = {
 
 
 def _cfg(**over):
-    raw = json.loads(json.dumps(RAW))
-    for k, v in over.items():
-        node = raw
-        *path, last = k.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return from_dict(raw)
+    return with_overrides(RAW, **over)
 
 
 def _args(out, cfg, accum=1, **kw):

@@ -1,6 +1,5 @@
 """Schedule x sampler: the decisions of every pair, the retention-driven MSSR schedule, bookkeeping."""
 
-import math
 
 import numpy as np
 import pytest
