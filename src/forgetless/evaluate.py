@@ -161,6 +161,32 @@ def _eval_generation(model, tokenizer, examples, prompts, batch_size, max_new_to
     return EvalResult(sum(scores) / len(examples), len(examples), tokens, preds, metric)
 
 
+def sum_over_processes(accelerator, *values: float) -> list[float]:
+    """Each value summed over the processes (float64), so every process gets the same total."""
+    if accelerator.num_processes == 1:
+        return [float(v) for v in values]
+    t = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum")
+    return [float(v) for v in t]
+
+
+def evaluate_sharded(accelerator, model, tokenizer, task: Task, examples: Sequence[Example], cfg, *,
+                     device=None, chat: bool = False) -> tuple[float, int]:
+    """``evaluate_task`` with the evaluation settings of ``cfg`` (a forgetless Config), each process
+    scoring its slice of ``examples``: ``(mean score, tokens over all processes)``, the same on every
+    process. ``forgetless run`` and the Trainer integration both evaluate through this."""
+    acc = accelerator
+    shard = list(examples)[acc.process_index :: acc.num_processes]
+    correct, n, tokens = 0.0, 0, 0
+    if shard:
+        r = evaluate_task(model, tokenizer, task, shard, batch_size=cfg.eval.batch_size,
+                          mc_scoring=cfg.eval.mc_scoring, max_new_tokens=cfg.eval.max_new_tokens,
+                          template=cfg.data.prompt_template, max_length=cfg.data.max_length,
+                          device=device if device is not None else acc.device, chat=chat)
+        correct, n, tokens = r.accuracy * r.n, r.n, r.tokens
+    correct, n, tokens = sum_over_processes(acc, correct, n, tokens)
+    return (correct / n if n else 0.0), int(tokens)
+
+
 def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None,
                     pad_id: int, device) -> tuple[list[list[int]], int]:
     """Greedy continuations of a batch of token-id prompts, each cut before its first EOS.

@@ -185,29 +185,14 @@ class Run:
         self.global_step = 0
 
     # ---- evaluation (sharded over processes, summed, so every process gets the same numbers) ----
-    def _sum_over_processes(self, *values: float) -> list[float]:
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return [float(v) for v in values]
-        t = acc.reduce(torch.tensor(values, dtype=torch.float64, device=acc.device), "sum")
-        return [float(v) for v in t]
-
     def _eval_examples(self, task_index: int, examples, task=None) -> float:
-        from forgetless.evaluate import evaluate_task
+        from forgetless.evaluate import evaluate_sharded
 
-        acc = self.accelerator
-        shard = examples[acc.process_index :: acc.num_processes]
-        correct, n, tokens = 0.0, 0, 0
-        if shard:
-            task = task if task is not None else self.stream.tasks[task_index]
-            r = evaluate_task(self.base_model, self.tokenizer, task, shard,
-                              batch_size=self.cfg.eval.batch_size, mc_scoring=self.cfg.eval.mc_scoring,
-                              max_new_tokens=self.cfg.eval.max_new_tokens, template=self.cfg.data.prompt_template,
-                              max_length=self.cfg.data.max_length, device=acc.device, chat=self.chat)
-            correct, n, tokens = r.accuracy * r.n, r.n, r.tokens
-        correct, n, tokens = self._sum_over_processes(correct, n, tokens)
-        self.counters.eval_tokens += int(tokens)
-        return correct / n if n else 0.0
+        task = task if task is not None else self.stream.tasks[task_index]
+        score, tokens = evaluate_sharded(self.accelerator, self.base_model, self.tokenizer, task, examples,
+                                         self.cfg, chat=self.chat)
+        self.counters.eval_tokens += tokens
+        return score
 
     def _probe_accuracy(self, task_index: int, examples) -> float:
         t0 = time.perf_counter()
@@ -246,7 +231,7 @@ class Run:
         return out
 
     def _evaluate_stage(self) -> tuple[list[float], float | None]:
-        from forgetless.evaluate import general_perplexity
+        from forgetless.evaluate import general_perplexity, sum_over_processes
 
         t0 = time.perf_counter()
         row = [self._eval_examples(j, t.test) for j, t in enumerate(self.stream.tasks)]
@@ -259,7 +244,7 @@ class Run:
                 p, tokens = general_perplexity(self.base_model, self.tokenizer, shard, device=acc.device,
                                                batch_size=self.cfg.eval.batch_size)
                 nll = float(np.log(p)) * tokens
-            nll, tokens = self._sum_over_processes(nll, tokens)
+            nll, tokens = sum_over_processes(acc, nll, tokens)
             self.counters.eval_tokens += int(tokens)
             ppl = float(np.exp(nll / max(tokens, 1)))
         self.probe_acc.append(self._eval_examples(-1, self.probe.test, self.probe) if self.probe else None)

@@ -370,27 +370,13 @@ class ReplayMixin:
         tok = self.processing_class
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def _sum_over_processes(self, *values: float) -> list[float]:
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return [float(v) for v in values]
-        return [float(v) for v in acc.reduce(torch.tensor(values, dtype=torch.float64, device=acc.device), "sum")]
-
     def _accuracy(self, j: int, examples) -> float:
-        from forgetless.evaluate import evaluate_task
+        from forgetless.evaluate import evaluate_sharded
 
-        cfg, acc = self.fl_config, self.accelerator
-        shard = list(examples)[acc.process_index :: acc.num_processes]
-        correct = n = tokens = 0.0
-        if shard:
-            r = evaluate_task(self.model, self.processing_class, self._stream.tasks[j], shard,
-                              batch_size=cfg.eval.batch_size, mc_scoring=cfg.eval.mc_scoring,
-                              max_new_tokens=cfg.eval.max_new_tokens, template=cfg.data.prompt_template,
-                              max_length=cfg.data.max_length, device=self.args.device)
-            correct, n, tokens = r.accuracy * r.n, r.n, r.tokens
-        correct, n, tokens = self._sum_over_processes(correct, n, tokens)
-        self.counters.eval_tokens += int(tokens)
-        return correct / n if n else 0.0
+        score, tokens = evaluate_sharded(self.accelerator, self.model, self.processing_class, self._stream.tasks[j],
+                                         examples, self.fl_config, device=self.args.device)
+        self.counters.eval_tokens += tokens
+        return score
 
     def _evaluate_row(self) -> list[float]:
         return [self._accuracy(j, t.test) for j, t in enumerate(self._stream.tasks)]
