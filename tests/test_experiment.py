@@ -203,3 +203,27 @@ def test_mssr_lr_interference_follows_the_loops_schedule(tmp_path):
     run.execute()
     # g = lr / base lr at each of the 4 steps of each task: cosine factors 1, .854, .5, .146 (sum 2.5)
     assert run.strategy.strength.G == pytest.approx(2 * 2.5)
+
+
+def test_bf16_on_cpu_trains_and_evaluates_under_autocast(tmp_path, monkeypatch):
+    """precision bf16 works on CPU (torch's CPU autocast) and evaluation runs at that precision too."""
+    import torch
+    from forgetless import evaluate
+
+    seen = []
+    real = evaluate.evaluate_task
+
+    def spy(*a, **k):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate, "evaluate_task", spy)
+    res = experiment.run(_cfg(**{"train.precision": "bf16", "train.steps_per_task": 2}), tmp_path, progress=False)
+    assert seen and all(seen)
+    assert np.isfinite(res["acc"]).all() and all(np.isfinite(p) for p in res["general_ppl"])
+
+
+def test_fp16_on_cpu_is_refused(tmp_path):
+    with pytest.raises(InputError, match="fp16 needs a GPU"):
+        experiment.run(_cfg(**{"train.precision": "fp16"}), tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())

@@ -67,9 +67,9 @@ def _precision(cfg: Config) -> str:
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return "bf16"
         return "no"
-    if p in ("bf16", "fp16") and not torch.cuda.is_available():
-        raise InputError(f"train.precision={p} needs a GPU; use 'auto' or 'no' on CPU")
-    return p
+    if p == "fp16" and not torch.cuda.is_available():
+        raise InputError("train.precision=fp16 needs a GPU; use 'bf16', 'auto' or 'no' on CPU")
+    return p  # bf16 on CPU: torch's CPU autocast, fast where the CPU has AMX / AVX512-BF16
 
 
 class Run:
@@ -189,8 +189,9 @@ class Run:
         from forgetless.evaluate import evaluate_sharded
 
         task = task if task is not None else self.stream.tasks[task_index]
-        score, tokens = evaluate_sharded(self.accelerator, self.base_model, self.tokenizer, task, examples,
-                                         self.cfg, chat=self.chat)
+        with self.accelerator.autocast():  # evaluated at the precision it is trained at
+            score, tokens = evaluate_sharded(self.accelerator, self.base_model, self.tokenizer, task,
+                                             examples, self.cfg, chat=self.chat)
         self.counters.eval_tokens += tokens
         return score
 
@@ -241,8 +242,9 @@ class Run:
             shard = self.general[acc.process_index :: acc.num_processes]
             nll, tokens = 0.0, 0
             if shard:
-                p, tokens = general_perplexity(self.base_model, self.tokenizer, shard, device=acc.device,
-                                               batch_size=self.cfg.eval.batch_size)
+                with acc.autocast():
+                    p, tokens = general_perplexity(self.base_model, self.tokenizer, shard,
+                                                   device=acc.device, batch_size=self.cfg.eval.batch_size)
                 nll = float(np.log(p)) * tokens
             nll, tokens = sum_over_processes(acc, nll, tokens)
             self.counters.eval_tokens += int(tokens)
