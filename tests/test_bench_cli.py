@@ -44,6 +44,9 @@ def test_bench_two_strategies_rows_and_skip_finished(tmp_path):
     assert abs(uni["counters"]["replay_samples"] - 24) <= 0.05 * 24
     md = (out / "bench.md").read_text()
     assert "| none |" in md and "| uniform |" in md and "AP" in md
+    assert "| probe |" not in md  # no data.general_probe: no empty column
+    assert "| strategy | first_word | last_word |" in md and "| *start (base model)* |" in md
+    assert "| strategy | stage 0 | stage 1 | stage 2 |" in md  # perplexity per stage
     for name in ("ap_vs_replay_tokens.png", "task_accuracy.png", "accuracy_matrices.png"):
         assert (out / "plots" / name).stat().st_size > 1000
     # re-running skips finished runs: their results.json is not rewritten
@@ -169,3 +172,25 @@ def test_bench_orders_refused_for_a_benchmark_preset(tmp_path):
     with pytest.raises(InputError, match="benchmark_order"):
         bench.grid_configs(cfg, ["uniform"], [0], 2)
     assert len(bench.grid_configs(cfg, ["uniform"], [0], 1)) == 1
+
+
+def test_per_task_and_per_stage_tables_are_means_over_seeds():
+    def run(strategy, seed, start, end, ppl, probe):
+        return {"strategy": strategy, "seed": seed, "order": 0, "tasks": ["a", "b"], "task_start": start,
+                "task_end": end, "ppl_stages": ppl, "probe_stages": probe}
+
+    runs = [run("none", 0, [0.0, 0.5], [0.2, 0.9], [10.0, 20.0], [0.5, 0.4]),
+            run("none", 1, [0.2, 0.5], [0.4, 0.7], [12.0, 30.0], [0.7, 0.2]),
+            run("uniform", 0, [0.0, 0.5], [0.6, 0.8], [10.0, 14.0], [0.5, 0.5]),
+            run("uniform", 1, [0.2, 0.5], [0.8, 0.8], [12.0, 16.0], [0.7, 0.7])]
+    tasks = bench.per_task_md(runs, ["none", "uniform"]).splitlines()
+    # the start row: one value per seed (not per run), mean ± population std
+    assert tasks[2] == "| *start (base model)* | 0.100 ± 0.100 | 0.500 ± 0.000 |"
+    assert tasks[3] == "| none | 0.300 ± 0.100 | 0.800 ± 0.100 |"
+    assert tasks[4] == "| uniform | 0.700 ± 0.100 | 0.800 ± 0.000 |"
+    ppl = bench.per_stage_md(runs, ["none", "uniform"], "ppl_stages", 1).splitlines()
+    assert ppl[0] == "| strategy | stage 0 | stage 1 |"
+    assert ppl[2] == "| none | 11.0 ± 1.0 | 25.0 ± 5.0 |" and ppl[3] == "| uniform | 11.0 ± 1.0 | 15.0 ± 1.0 |"
+    probe = bench.per_stage_md(runs, ["none"], "probe_stages", 3).splitlines()
+    assert probe[2] == "| none | 0.600 ± 0.100 | 0.300 ± 0.100 |"
+    assert bench.per_stage_md([run("none", 0, [0], [0], [1.0], None)], ["none"], "probe_stages", 3) == ""

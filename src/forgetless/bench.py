@@ -21,10 +21,11 @@ from forgetless.state import atomic_write_text
 # columns of the comparison: (key in a run summary, header, digits)
 COLUMNS = [
     ("ap", "AP", 3), ("bwt", "BWT", 3), ("fwt", "FWT", 3), ("forgetting", "forget", 3),
-    ("ppl_end", "gen ppl", 1), ("hm_ga_ap", "HM(GA,AP)", 3), ("replay_tokens", "replay tok", 0),
+    ("ppl_end", "gen ppl", 1), ("probe_end", "probe", 3), ("hm_ga_ap", "HM(GA,AP)", 3), ("replay_tokens", "replay tok", 0),
     ("extra_forward_tokens", "extra tok", 0), ("eval_tokens", "eval tok", 0),
     ("wall_s", "time s", 1), ("overhead", "× unif", 2),
 ]
+OPTIONAL = {"probe_end"}  # shown only when some run has it (data.general_probe)
 
 
 def run_name(strategy: str, seed: int, order: int, budget: float | None = None) -> str:
@@ -49,10 +50,13 @@ def summarize(result: dict) -> dict:
     m, c = result["metrics"], result["counters"]
     ppl = result["general_ppl"]
     ga = metrics.general_ability(ppl[0], ppl[-1]) if ppl and ppl[0] and ppl[-1] else None
+    probe = result.get("general_probe_acc") or None
     return {
         "strategy": result["strategy"], "seed": result["seed"], "tasks": result["tasks"],
         "ap": m.get("ap"), "bwt": m.get("bwt"), "fwt": m.get("fwt"), "forgetting": m.get("forgetting"),
         "ppl_start": ppl[0], "ppl_end": ppl[-1], "general_ability": ga,
+        "ppl_stages": ppl, "probe_stages": probe, "probe_end": probe[-1] if probe else None,
+        "task_start": result.get("baseline_acc"), "task_end": result["acc"][-1] if result.get("acc") else None,
         "hm_ga_ap": metrics.harmonic_mean(ga, m["ap"]) if ga is not None else None,
         "replay_tokens": c["replay_tokens"], "replay_samples": c["replay_samples"],
         "extra_forward_tokens": c["extra_forward_tokens"], "eval_tokens": c["eval_tokens"],
@@ -123,13 +127,53 @@ def paired_md(runs: list[dict], strategies: list[str], references=("uniform", "f
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def _pm(values: list, digits: int) -> str:
+    m, s = _mean_std(values)
+    if m is None:
+        return "–"
+    return f"{m:,.{digits}f}" if len(values) < 2 else f"{m:,.{digits}f} ± {s:,.{digits}f}"
+
+
+def per_stage_md(runs: list[dict], strategies: list[str], key: str, digits: int) -> str:
+    """Mean ± std over seeds of a per-stage list (``ppl_stages``, ``probe_stages``), stage 0 = start."""
+    mine = {s: [r[key] for r in runs if r["strategy"] == s and r.get(key)] for s in strategies}
+    n = max((len(v) for vs in mine.values() for v in vs), default=0)
+    if not n:
+        return ""
+    out = ["| strategy | " + " | ".join(f"stage {k}" for k in range(n)) + " |", "|---" * (n + 1) + "|"]
+    for s, vs in mine.items():
+        if vs:
+            out.append(f"| {s} | " + " | ".join(_pm([v[k] for v in vs if len(v) > k and v[k] is not None], digits)
+                                               for k in range(n)) + " |")
+    return "\n".join(out)
+
+
+def per_task_md(runs: list[dict], strategies: list[str]) -> str:
+    """Each task's score at the start and after the last task, mean ± std over seeds (task order 0)."""
+    first = next((r for r in runs if r.get("task_end") and r.get("order", 0) == 0), None)
+    if first is None:
+        return ""
+    tasks = first["tasks"]
+    out = ["| strategy | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    # the starting model is the same for every strategy: one row per seed
+    start = list({r["seed"]: r["task_start"] for r in runs if r.get("task_start") and r.get("order", 0) == 0}.values())
+    if start:
+        out.append("| *start (base model)* | " + " | ".join(_pm([v[j] for v in start], 3) for j in range(len(tasks))) + " |")
+    for s in strategies:
+        ends = [r["task_end"] for r in runs if r["strategy"] == s and r.get("task_end") and r.get("order", 0) == 0]
+        if ends:
+            out.append(f"| {s} | " + " | ".join(_pm([v[j] for v in ends], 3) for j in range(len(tasks))) + " |")
+    return "\n".join(out)
+
+
 def table_md(rows: list[dict]) -> str:
     sweep = any("budget" in r for r in rows)
-    head = "| strategy | " + ("budget | " if sweep else "") + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    out = [head, "|---" * (len(COLUMNS) + 1 + sweep) + "|"]
+    cols = [c for c in COLUMNS if c[0] not in OPTIONAL or any(r.get(c[0]) is not None for r in rows)]
+    head = "| strategy | " + ("budget | " if sweep else "") + " | ".join(h for _, h, _ in cols) + " |"
+    out = [head, "|---" * (len(cols) + 1 + sweep) + "|"]
     for r in rows:
         cells = []
-        for key, _, d in COLUMNS:
+        for key, _, d in cols:
             m, s = r.get(key), r.get(key + "_std")
             if m is None:
                 cells.append("–")
@@ -310,6 +354,16 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
     if pairs:
         md += ["Paired AP differences (same seed, order and budget; wins: seeds where the strategy is higher):", "",
                pairs, ""]
+    if not budgets:
+        sections = [("Each task's score at the start and after the last task (task order 0):",
+                     per_task_md(summaries, strategies)),
+                    ("General held-out perplexity after each stage (stage 0: the starting model):",
+                     per_stage_md(summaries, strategies, "ppl_stages", 1)),
+                    ("General-knowledge probe accuracy after each stage (data.general_probe):",
+                     per_stage_md(summaries, strategies, "probe_stages", 3))]
+        md += [x for title, table in sections if table for x in (title, "", table, "")]
+    run_s = sum(r["wall_s"] for r in summaries)
+    md += [f"{len(summaries)} runs, {run_s / 3600:.2f} h of run time summed over runs (training + evaluation).", ""]
     md += ["![AP and forgetting vs replay tokens](plots/ap_vs_replay_tokens.png)", "",
            "![per-task accuracy](plots/task_accuracy.png)", "", "![accuracy matrices](plots/accuracy_matrices.png)", ""]
     atomic_write_text(out / "bench.md", "\n".join(md))
