@@ -159,3 +159,16 @@ def test_knowledge_probe_is_never_trained():
     assert euro and euro[0].target == " Euro" and euro[0].choices[euro[0].answer] == " Euro"
     prompts = {ex.prompt for name in BUILTIN for ex in build_builtin(name, 0).train}
     assert not prompts & {ex.prompt for ex in probe.test}
+
+
+def test_knowledge_probe_cloze_form_asks_the_same_facts():
+    from forgetless.data.general import knowledge_probe
+
+    qa, cloze = knowledge_probe(3, 40).test, knowledge_probe(3, 40, form="cloze").test
+    assert [(e.choices, e.answer, e.target) for e in qa] == [(e.choices, e.answer, e.target) for e in cloze]
+    pairs = {(a.prompt, b.prompt) for a, b in zip(qa, cloze)}
+    assert all(b.startswith("The ") and b.endswith((" is the", " is")) and "?" not in b for _, b in pairs)
+    full = {e.prompt: e for e in knowledge_probe(0, form="cloze").test}
+    assert full["The currency of France is the"].target == " Euro"
+    with pytest.raises(ValueError, match="form"):
+        knowledge_probe(0, form="mc")
