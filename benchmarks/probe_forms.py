@@ -1,7 +1,7 @@
 """The knowledge probe in its two forms on the saved stages of bench runs: does it measure knowledge,
 or the answer format the stream trains?
 
-    python benchmarks/probe_forms.py bench/smollm2 --strategies none,gere --seeds 0
+    python benchmarks/probe_forms.py bench/smollm2 --strategies none,gere --seeds 0,1,2 [--ends]
 
 ``qa`` ("What is the currency of X? Answer:") is the form runs report (data.general_probe); the
 built-in tasks train that "? Answer:" format. ``cloze`` ("The currency of X is the") scores the same
@@ -26,7 +26,7 @@ from forgetless.evaluate import evaluate_task
 from forgetless.model import load_model, load_trainable
 
 
-def score_run(run_dir: Path, n: int | None) -> dict[str, list[float]]:
+def score_run(run_dir: Path, n: int | None, ends: bool = False) -> dict[str, list[float]]:
     cfg = load_config(run_dir / "config.yaml")
     model, tok = load_model(cfg.model)
     chat = use_chat_template(cfg.data.chat_template, tok, cfg.model.name)
@@ -35,6 +35,8 @@ def score_run(run_dir: Path, n: int | None) -> dict[str, list[float]]:
     bf16 = cfg.train.precision == "bf16"
     out: dict[str, list[float]] = {f: [] for f in probes}
     stages = sorted((p for p in (run_dir / "stages").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    if ends:
+        stages = [stages[0], stages[-1]]
     for st in stages:
         load_trainable(model, st / "trainable.safetensors")
         amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -52,27 +54,32 @@ def main() -> None:
     ap.add_argument("--strategies", default="none")
     ap.add_argument("--seeds", default="0", help="comma-separated")
     ap.add_argument("-n", type=int, default=None, help="probe questions (default: the run's data.general_probe)")
+    ap.add_argument("--ends", action="store_true", help="only the start and the last stage (a third of the time)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    cells = [(s, seed, a.bench / "runs" / f"{s}-seed{seed}-order0")
+             for s in a.strategies.split(",") for seed in a.seeds.split(",")]
+    for _, _, run in cells:  # all checked before the first (slow) one is scored
+        if not (run / "results.json").is_file():
+            raise SystemExit(f"error: {run}: no finished run (results.json missing)")
     rows = {"qa": [], "cloze": []}
-    for s in a.strategies.split(","):
-        for seed in a.seeds.split(","):
-            run = a.bench / "runs" / f"{s}-seed{seed}-order0"
-            if not (run / "results.json").is_file():
-                raise SystemExit(f"error: {run}: no finished run (results.json missing)")
-            for f, accs in score_run(run, a.n).items():
-                rows[f].append((s, seed, accs))
+    for s, seed, run in cells:
+        for f, accs in score_run(run, a.n, a.ends).items():
+            rows[f].append((s, seed, accs))
     for f, rs in rows.items():
         k = max(len(r[2]) for r in rs)
         print(f"\nprobe form `{f}` ({'the reported one' if f == 'qa' else 'sentence completion'}): accuracy per stage\n")
-        print("| strategy | seed | " + " | ".join(f"stage {i}" for i in range(k)) + " | end − start |")
+        names = ["start", "end"] if a.ends else [f"stage {i}" for i in range(k)]
+        print("| strategy | seed | " + " | ".join(names) + " | end − start |")
         print("|---" * (k + 3) + "|")
         for s, seed, accs in rs:
             print(f"| {s} | {seed} | " + " | ".join(f"{x:.3f}" for x in accs) + f" | {accs[-1] - accs[0]:+.3f} |")
         for s in dict.fromkeys(r[0] for r in rs):
-            d = [r[2][-1] - r[2][0] for r in rs if r[0] == s]
-            print(f"| {s} | mean |" + " |" * k + f" {np.mean(d):+.3f} ± {np.std(d):.3f} |")
+            mine = np.array([r[2] for r in rs if r[0] == s])
+            d = mine[:, -1] - mine[:, 0]
+            print(f"| **{s}** | mean ± std |" + "".join(f" {m:.3f} ± {sd:.3f} |" for m, sd in zip(mine.mean(0), mine.std(0)))
+                  + f" {np.mean(d):+.3f} ± {np.std(d):.3f} |")
 
 
 if __name__ == "__main__":
