@@ -218,6 +218,10 @@ def test_bf16_on_cpu_trains_and_evaluates_under_autocast(tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(evaluate, "evaluate_task", spy)
+    # a fp32 run first in this process: Accelerate's per-process state must not pin its precision
+    experiment.run(_cfg(**{"train.steps_per_task": 1, "name": "fp32"}), tmp_path, progress=False)
+    assert seen and not any(seen)
+    seen.clear()
     res = experiment.run(_cfg(**{"train.precision": "bf16", "train.steps_per_task": 2}), tmp_path, progress=False)
     assert seen and all(seen)
     assert np.isfinite(res["acc"]).all() and all(np.isfinite(p) for p in res["general_ppl"])

@@ -126,6 +126,7 @@ class Run:
 
     def _setup(self) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from accelerate.utils import set_seed
 
         from forgetless.data import load_stream
@@ -139,6 +140,10 @@ class Run:
 
         cfg = self.cfg
         check_names(cfg.replay.strategies)
+        # Accelerate keeps its settings in a per-process singleton that refuses a second precision; one
+        # process may run several configs (bench --jobs 1, a notebook), so each run starts it afresh.
+        # The process group (PartialState) is kept.
+        AcceleratorState._reset_state()
         self.accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=not torch.cuda.is_available(),
                                        **accelerator_kwargs(cfg, self.run_dir))
         set_seed(cfg.seed)
