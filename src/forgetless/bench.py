@@ -20,12 +20,12 @@ from forgetless.state import atomic_write_text
 
 # columns of the comparison: (key in a run summary, header, digits)
 COLUMNS = [
-    ("ap", "AP", 3), ("bwt", "BWT", 3), ("fwt", "FWT", 3), ("forgetting", "forget", 3),
+    ("ap", "AP", 3), ("learning_accuracy", "LA", 3), ("bwt", "BWT", 3), ("fwt", "FWT", 3), ("forgetting", "forget", 3),
     ("ppl_end", "gen ppl", 1), ("probe_end", "probe", 3), ("hm_ga_ap", "HM(GA,AP)", 3), ("replay_tokens", "replay tok", 0),
     ("extra_forward_tokens", "extra tok", 0), ("eval_tokens", "eval tok", 0),
     ("wall_s", "time s", 1), ("overhead", "× unif", 2),
 ]
-OPTIONAL = {"probe_end"}  # shown only when some run has it (data.general_probe)
+OPTIONAL = {"probe_end", "learning_accuracy"}  # shown only when some run has it (probe: data.general_probe)
 
 
 def run_name(strategy: str, seed: int, order: int, budget: float | None = None) -> str:
@@ -53,7 +53,7 @@ def summarize(result: dict) -> dict:
     probe = result.get("general_probe_acc") or None
     return {
         "strategy": result["strategy"], "seed": result["seed"], "tasks": result["tasks"],
-        "ap": m.get("ap"), "bwt": m.get("bwt"), "fwt": m.get("fwt"), "forgetting": m.get("forgetting"),
+        "ap": m.get("ap"), "learning_accuracy": m.get("learning_accuracy"), "bwt": m.get("bwt"), "fwt": m.get("fwt"), "forgetting": m.get("forgetting"),
         "ppl_start": ppl[0], "ppl_end": ppl[-1], "general_ability": ga,
         "ppl_stages": ppl, "probe_stages": probe, "probe_end": probe[-1] if probe else None,
         "task_start": result.get("baseline_acc"), "task_end": result["acc"][-1] if result.get("acc") else None,
