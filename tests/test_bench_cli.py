@@ -47,6 +47,10 @@ def test_bench_two_strategies_rows_and_skip_finished(tmp_path):
     assert "| probe |" not in md  # no data.general_probe: no empty column
     assert "| strategy | first_word | last_word |" in md and "| *start (base model)* |" in md
     assert "| strategy | stage 0 | stage 1 | stage 2 |" in md  # perplexity per stage
+    assert "right after its own training" in md
+    own = [r["task_own"] for r in saved["runs"] if r["strategy"] == "none"][0]
+    acc = [r["acc"] for r in saved["results"] if r["strategy"] == "none"][0]
+    assert own == [acc[0][0], acc[1][1]]  # the diagonal
     for name in ("ap_vs_replay_tokens.png", "task_accuracy.png", "accuracy_matrices.png"):
         assert (out / "plots" / name).stat().st_size > 1000
     # re-running skips finished runs: their results.json is not rewritten
@@ -188,6 +192,12 @@ def test_per_task_and_per_stage_tables_are_means_over_seeds():
     assert tasks[2] == "| *start (base model)* | 0.100 ± 0.100 | 0.500 ± 0.000 |"
     assert tasks[3] == "| none | 0.300 ± 0.100 | 0.800 ± 0.100 |"
     assert tasks[4] == "| uniform | 0.700 ± 0.100 | 0.800 ± 0.000 |"
+    for r, own in zip(runs, ([0.5, 0.9], [0.7, 0.7], [0.6, 0.8], [0.8, 0.9])):
+        r["task_own"] = own
+    own = bench.per_task_md(runs, ["none", "uniform"], "task_own").splitlines()
+    assert own[2] == tasks[2]  # the same start row
+    assert own[3] == "| none | 0.600 ± 0.100 | 0.800 ± 0.100 |"
+    assert own[4] == "| uniform | 0.700 ± 0.100 | 0.850 ± 0.050 |"
     ppl = bench.per_stage_md(runs, ["none", "uniform"], "ppl_stages", 1).splitlines()
     assert ppl[0] == "| strategy | stage 0 | stage 1 |"
     assert ppl[2] == "| none | 11.0 ± 1.0 | 25.0 ± 5.0 |" and ppl[3] == "| uniform | 11.0 ± 1.0 | 15.0 ± 1.0 |"

@@ -57,6 +57,7 @@ def summarize(result: dict) -> dict:
         "ppl_start": ppl[0], "ppl_end": ppl[-1], "general_ability": ga,
         "ppl_stages": ppl, "probe_stages": probe, "probe_end": probe[-1] if probe else None,
         "task_start": result.get("baseline_acc"), "task_end": result["acc"][-1] if result.get("acc") else None,
+        "task_own": [row[j] for j, row in enumerate(result["acc"])] if result.get("acc") else None,
         "hm_ga_ap": metrics.harmonic_mean(ga, m["ap"]) if ga is not None else None,
         "replay_tokens": c["replay_tokens"], "replay_samples": c["replay_samples"],
         "extra_forward_tokens": c["extra_forward_tokens"], "eval_tokens": c["eval_tokens"],
@@ -148,9 +149,10 @@ def per_stage_md(runs: list[dict], strategies: list[str], key: str, digits: int)
     return "\n".join(out)
 
 
-def per_task_md(runs: list[dict], strategies: list[str]) -> str:
-    """Each task's score at the start and after the last task, mean ± std over seeds (task order 0)."""
-    first = next((r for r in runs if r.get("task_end") and r.get("order", 0) == 0), None)
+def per_task_md(runs: list[dict], strategies: list[str], key: str = "task_end") -> str:
+    """Each task's score at the start and at ``key`` (``task_end``: after the last task; ``task_own``:
+    right after its own training), mean ± std over seeds (task order 0)."""
+    first = next((r for r in runs if r.get(key) and r.get("order", 0) == 0), None)
     if first is None:
         return ""
     tasks = first["tasks"]
@@ -160,7 +162,7 @@ def per_task_md(runs: list[dict], strategies: list[str]) -> str:
     if start:
         out.append("| *start (base model)* | " + " | ".join(_pm([v[j] for v in start], 3) for j in range(len(tasks))) + " |")
     for s in strategies:
-        ends = [r["task_end"] for r in runs if r["strategy"] == s and r.get("task_end") and r.get("order", 0) == 0]
+        ends = [r[key] for r in runs if r["strategy"] == s and r.get(key) and r.get("order", 0) == 0]
         if ends:
             out.append(f"| {s} | " + " | ".join(_pm([v[j] for v in ends], 3) for j in range(len(tasks))) + " |")
     return "\n".join(out)
@@ -357,6 +359,8 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
     if not budgets:
         sections = [("Each task's score at the start and after the last task (task order 0):",
                      per_task_md(summaries, strategies)),
+                    ("Each task's score right after its own training (the score matrix's diagonal; LA is its mean):",
+                     per_task_md(summaries, strategies, "task_own")),
                     ("General held-out perplexity after each stage (stage 0: the starting model):",
                      per_stage_md(summaries, strategies, "ppl_stages", 1)),
                     ("General-knowledge probe accuracy after each stage (data.general_probe):",
