@@ -160,6 +160,14 @@ def general_texts(split: Literal["train", "heldout"] = "heldout") -> list[str]:
     return list(_read(split))
 
 
+# the probe's question per form and kind of fact; {} is the country
+PROBE_FORMS = {
+    "qa": {"currency": "What is the currency of {}? Answer:",
+           "language": "What is the main official language of {}? Answer:"},
+    "cloze": {"currency": "The currency of {} is the", "language": "The main official language of {} is"},
+}
+
+
 def knowledge_probe(seed: int = 0, n: int | None = None, form: Literal["qa", "cloze"] = "qa") -> "Task":
     """General knowledge a pretrained model has and fine-tuning can erode, scored like a
     multiple-choice task: the main currency and the most spoken official language of each country
@@ -170,7 +178,7 @@ def knowledge_probe(seed: int = 0, n: int | None = None, form: Literal["qa", "cl
     train, so it also rewards learning that format; ``cloze`` scores the same facts and options
     as a sentence ("The currency of X is the"), which no task trains (benchmarks/probe_forms.py).
     Both forms draw the same questions, options and order for a seed."""
-    if form not in ("qa", "cloze"):
+    if form not in PROBE_FORMS:
         raise ValueError(f"form must be 'qa' or 'cloze', got {form!r}")
     from babel import Locale
     from babel.core import get_global
@@ -187,14 +195,11 @@ def knowledge_probe(seed: int = 0, n: int | None = None, form: Literal["qa", "cl
             continue
         cur = [c for c in get_territory_currencies(code) if c in en.currencies]
         if cur:
-            q = f"What is the currency of {country}? Answer:" if form == "qa" else f"The currency of {country} is the"
-            facts.append((q, en.currencies[cur[0]], "currency"))
+            facts.append((PROBE_FORMS[form]["currency"].format(country), en.currencies[cur[0]], "currency"))
         langs = [(v["population_percent"], k) for k, v in get_global("territory_languages").get(code, {}).items()
                  if v.get("official_status") in ("official", "de_facto_official") and k in en.languages]
         if langs:
-            q = (f"What is the main official language of {country}? Answer:" if form == "qa"
-                 else f"The main official language of {country} is")
-            facts.append((q, en.languages[max(langs)[1]], "language"))
+            facts.append((PROBE_FORMS[form]["language"].format(country), en.languages[max(langs)[1]], "language"))
     # distractors drawn from the answers as often as they occur (Euro, English, Arabic ... are
     # frequent), so always picking a common answer does not pass the probe
     pools = {k: [a for _, a, kk in facts if kk == k] for k in ("currency", "language")}
