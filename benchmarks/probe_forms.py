@@ -6,8 +6,8 @@ or the answer format the stream trains?
 ``qa`` ("What is the currency of X? Answer:") is the form runs report (data.general_probe); the
 built-in tasks train that "? Answer:" format. ``cloze`` ("The currency of X is the") scores the same
 facts and options as a sentence no task trains. For each run and stage k the script loads the run's
-model with stages/k/trainable.safetensors and scores both forms with the run's evaluation settings
-and precision, the probe size and seed of the run. Prints one markdown table per form.
+model with stages/k/trainable.safetensors and scores both forms with the run's evaluation settings,
+precision and CPU threads, the probe size and seed of the run. Prints one markdown table per form.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from forgetless.bench import run_name
 from forgetless.config import load_config
 from forgetless.data.tokenize import use_chat_template
 from forgetless.data.general import knowledge_probe
@@ -28,6 +29,9 @@ from forgetless.model import load_model, load_trainable
 
 def score_run(run_dir: Path, n: int | None, ends: bool = False) -> dict[str, list[float]]:
     cfg = load_config(run_dir / "config.yaml")
+    # the run's thread count: with bf16 on CPU the reduction order moves close multiple-choice calls
+    # (2 of 50 questions flipped at 2 threads against the run's 1), so anything else would not reproduce it
+    torch.set_num_threads(cfg.train.cpu_threads)
     model, tok = load_model(cfg.model)
     chat = use_chat_template(cfg.data.chat_template, tok, cfg.model.name)
     n = n or cfg.data.general_probe or 50
@@ -55,11 +59,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated")
     ap.add_argument("-n", type=int, default=None, help="probe questions (default: the run's data.general_probe)")
     ap.add_argument("--ends", action="store_true", help="only the start and the last stage (a third of the time)")
-    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    cells = [(s, seed, a.bench / "runs" / f"{s}-seed{seed}-order0")
-             for s in a.strategies.split(",") for seed in a.seeds.split(",")]
+    cells = [(s, seed, a.bench / "runs" / run_name(s, seed, 0))
+             for s in a.strategies.split(",") for seed in map(int, a.seeds.split(","))]
     for _, _, run in cells:  # all checked before the first (slow) one is scored
         if not (run / "results.json").is_file():
             raise SystemExit(f"error: {run}: no finished run (results.json missing)")
