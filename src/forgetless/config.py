@@ -13,9 +13,10 @@ from forgetless.errors import InputError, read_text
 
 
 # Per-task scores (forgetless.scoring); every score lies in [0, 1]
-Metric = Literal["exact_match", "accuracy", "f1", "rouge_l", "edit_similarity"]
+Metric = Literal["exact_match", "accuracy", "f1", "rouge_l", "edit_similarity", "gsm8k_exact_match",
+                 "math_exact_match"]
 METRICS_FOR_KIND: dict[str, tuple[str, ...]] = {
-    "generation": ("exact_match", "f1", "rouge_l", "edit_similarity"),
+    "generation": ("exact_match", "f1", "rouge_l", "edit_similarity", "gsm8k_exact_match", "math_exact_match"),
     "multiple_choice": ("accuracy",),
 }
 DEFAULT_METRIC: dict[str, str] = {"generation": "exact_match", "multiple_choice": "accuracy"}

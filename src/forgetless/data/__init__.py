@@ -14,16 +14,16 @@ __all__ = ["KINDS", "Example", "Sample", "Task", "TaskStream", "load_task", "loa
 
 def load_task(spec: str | TaskFileConfig, seed: int = 0) -> Task:
     """A built-in task name, a task file path, or a TaskFileConfig."""
-    from forgetless.data.builtin import BUILTIN, build_builtin
+    from forgetless.data.builtin import BUILTIN, PAPER, build_builtin
     from forgetless.data.loaders import load_task_file
 
     if isinstance(spec, TaskFileConfig):
         return load_task_file(spec, seed)
-    if spec in BUILTIN:
+    if spec in BUILTIN or spec in PAPER:
         return build_builtin(spec, seed)
     if Path(spec).exists():
         return load_task_file(TaskFileConfig(path=spec), seed)
-    raise InputError(f"{spec!r} is neither a built-in task ({', '.join(BUILTIN)}) nor an existing file",
+    raise InputError(f"{spec!r} is neither a built-in task ({', '.join([*BUILTIN, *PAPER])}) nor an existing file",
                      field="data.tasks")
 
 

