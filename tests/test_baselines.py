@@ -24,7 +24,8 @@ def make_ctx(replay=None, seed=0, evaluate=None, sample_losses=None, steps=STEPS
         toks = [np.arange(3 + k % 5, dtype=np.int64) for k in range(N_PER_TASK)]
         samples.append([Sample(t * 1000 + k, t, x, x.copy()) for k, x in enumerate(toks)])
         tasks.append(Task(f"t{t}", "generation", [Example(f"p{k}", "a") for k in range(N_PER_TASK)],
-                          [Example(f"q{t}-{k}", "b") for k in range(10)]))
+                          [Example(f"q{t}-{k}", "b") for k in range(10)],
+                          dev=[Example(f"d{t}-{k}", "b") for k in range(10)]))
     ctx = StrategyContext(config=cfg, stream=TaskStream(tasks, samples), seed=seed, counters=WorkCounters(),
                           steps_per_task=[steps] * N_TASKS, batch_size=BS)
     ctx.extras["clock"] = (0, 0)  # (task, call in task), set by the driver before each replay_batch
@@ -180,7 +181,7 @@ def test_loss_trigger_probe_mode():
 def test_accuracy_trigger_replays_exactly_window():
     def scripted(ctx):
         def ev(j, examples):
-            assert list(examples) == ctx.stream.tasks[j].test[:4]
+            assert list(examples) == ctx.stream.tasks[j].dev[:4]  # dev, never test
             ctx.counters.eval_tokens += len(examples)
             return 0.7 if ctx.extras["clock"] == (1, 20) else 0.8  # end-of-task refs are taken at (0,49)/(1,49)
         return ev

@@ -202,7 +202,7 @@ ERROR_CASES = [
      "/nope.txt, field 'replay.gere.source': general-text source not found"),
     ("data show -n -1", lambda tmp: ["data", "show", "first_word", "-n", "-1"], 2, "-n must be 0 or more"),
     ("data show --split bogus", lambda tmp: ["data", "show", "first_word", "--split", "bogus"], 2,
-     "--split must be 'train' or 'test'"),
+     "--split must be 'train', 'dev' or 'test'"),
     ("unknown fields column", lambda tmp: ["run", _files(tmp, **{"data.tasks": [
         {"path": str(tmp / "mine.jsonl"), "fields": {"prompt": "question"}}]})[1], "--output", tmp / "o"], 2,
      "field 'fields.prompt': column 'question' is not in the file"),

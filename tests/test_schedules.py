@@ -23,7 +23,8 @@ def make_ctx(replay=None, steps=STEPS, seed=0, acc=None):
         toks = [np.arange(3 + k % 5, dtype=np.int64) for k in range(PER_TASK)]
         samples.append([Sample(t * 1000 + k, t, x, x.copy()) for k, x in enumerate(toks)])
         tasks.append(Task(f"t{t}", "generation", [Example(f"p{k}", "a") for k in range(PER_TASK)],
-                          [Example(f"q{t}-{k}", "b") for k in range(10)]))
+                          [Example(f"q{t}-{k}", "b") for k in range(10)],
+                          dev=[Example(f"d{t}-{k}", "b") for k in range(10)]))
     ctx = StrategyContext(config=cfg, stream=TaskStream(tasks, samples), seed=seed, counters=WorkCounters(),
                           steps_per_task=[steps] * N_TASKS, batch_size=BS)
     ctx.extras["clock"] = (0, 0)

@@ -55,6 +55,8 @@ class TaskFileConfig(_Strict):
     kind: Literal["generation", "multiple_choice"] | None = None  # default: inferred from fields
     test_path: str | None = None  # default: split off test_fraction of the file
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    # share of the training records set aside as dev when the file has no dev split (by hash, like test)
+    dev_fraction: float = Field(0.1, ge=0, lt=1)
     fields: dict[str, str] = {}  # e.g. {"prompt": "question", "target": "answer"}
     metric: Metric | None = None  # default: exact_match (generation) or accuracy (multiple choice)
 

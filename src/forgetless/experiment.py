@@ -153,7 +153,7 @@ class Run:
             raise InputError("train.batch_size must be at least the number of processes")
         check_writable(self.run_dir)
         check_source(cfg.replay.gere.source, ["+".join(cfg.replay.strategies)])
-        self.stream = load_stream(cfg.data, cfg.seed)
+        self.stream = load_stream(cfg.data)
         bad = sorted(set(cfg.eval.general_stages or []) - set(range(len(self.stream) + 1)))
         if bad:
             raise InputError(f"stages {bad} do not exist (0: start, 1..{len(self.stream)}: after each task)",
@@ -169,7 +169,7 @@ class Run:
                   f"{cfg.data.max_length} tokens", file=sys.stderr)
         self.steps = [steps_for_task(cfg.train, len(s)) for s in self.stream.samples]
         self.general = general_texts("heldout")[: cfg.data.general_texts] if cfg.data.general_texts else []
-        self.probe = knowledge_probe(cfg.seed, cfg.data.general_probe) if cfg.data.general_probe else None
+        self.probe = knowledge_probe(cfg.data.general_probe) if cfg.data.general_probe else None
         self.probe_acc: list[float | None] = []  # per stage
         self.counters = WorkCounters()
         self.ctx = StrategyContext(

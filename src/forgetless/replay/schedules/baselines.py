@@ -222,12 +222,13 @@ class LossTriggeredSchedule(_Triggered):
 class AccuracyTriggeredSchedule(_Triggered):
     """Accuracy-based replay: replay for ``window`` steps after a held-out accuracy drop.
 
-    At the end of task j (all but the last) its probe set, ``tasks[j].test[:probe_size]``, is
+    At the end of task j (all but the last) its probe set, ``tasks[j].dev[:probe_size]``, is
     scored with ``ctx.evaluate(j, examples)`` (it counts its own tokens) as the reference. During a
     later task, at the start of calls E, 2E, ... (i.e. after E, 2E, ... optimizer steps of the task)
     every earlier task's probe set is scored again; if any is more than ``delta`` below its
     reference, that step and the next ``window - 1`` replay ratio * batch_size memory samples (a
-    new drop restarts the window).
+    new drop restarts the window). It probes dev, never test: the test split only fills the accuracy
+    matrix, so no training decision is taken from it.
     """
 
     name = "accuracy_triggered"
@@ -246,7 +247,7 @@ class AccuracyTriggeredSchedule(_Triggered):
     def _eval(self, j: int) -> float:
         self.n_evals += 1
         ctx = self.host.ctx
-        return float(ctx.evaluate(j, ctx.stream.tasks[j].test[: self.cfg.probe_size]))
+        return float(ctx.evaluate(j, ctx.stream.tasks[j].dev[: self.cfg.probe_size]))
 
     def start(self, task_index: int, step: int) -> None:
         super().start(task_index, step)
@@ -254,7 +255,7 @@ class AccuracyTriggeredSchedule(_Triggered):
 
     def on_task_end(self, task_index: int, step: int) -> None:
         tasks = self.host.ctx.stream.tasks
-        if task_index < len(tasks) - 1 and tasks[task_index].test:
+        if task_index < len(tasks) - 1 and tasks[task_index].dev:
             self.refs[task_index] = self._eval(task_index)
 
     def volume(self, i: int, step: int, batch_size: int) -> int:
