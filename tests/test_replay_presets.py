@@ -19,6 +19,8 @@ EXPECTED = json.loads(replay_fixture.FIXTURE.read_text())
 @pytest.mark.parametrize("preset,budget", replay_fixture.CASES, ids=[replay_fixture.key(*c) for c in replay_fixture.CASES])
 def test_preset_reproduces_recorded_run(preset, budget, tmp_path):
     got = replay_fixture.record(preset, budget, tmp_path)
+    # no strategy reads a test example while training (issue 19): accuracy_triggered probes dev
+    assert got["test_reads"] == []
     want = EXPECTED[replay_fixture.key(preset, budget)]
     assert got["replayed_ids"] == want["replayed_ids"]
     assert got["events"] == want["events"]

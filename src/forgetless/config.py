@@ -165,7 +165,7 @@ class LossTriggeredConfig(_Strict):
 
 class AccuracyTriggeredConfig(_Strict):
     every: int = Field(10, ge=1)  # evaluate the probe set every E steps
-    probe_size: int = Field(16, ge=1)  # held-out examples per earlier task
+    probe_size: int = Field(16, ge=1)  # dev examples per earlier task (never test)
     delta: float = Field(0.05, ge=0)
     window: int = Field(10, ge=1)  # replay for the next W steps after a drop
     ratio: float = Field(1.0, gt=0)
