@@ -140,3 +140,21 @@ def test_bench_runs_a_preset_and_reuses_it(tmp_path):
     assert first["runs"][0]["tasks"] == [t.name for t in load_stream(cfg.data).tasks]
     again = bench.bench(cfg, ["none"], [0], out=tmp_path / "b", progress=False)  # reused, same numbers
     assert again["runs"][0]["ap"] == first["runs"][0]["ap"]
+
+
+def test_superni_instances_are_strict_and_numbered_from_1(tmp_path):
+    import json
+    import shutil
+
+    root = tmp_path / "SuperNI"
+    shutil.copytree(DIRS["superni15"], root)
+    f = root / "task1572_samsum_summary" / "train.json"
+    data = json.loads(f.read_text())
+    data["Instances"][1]["input"] = None
+    f.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"train\.json, field 'input': instance 2: must be a string, got NoneType"):
+        load_stream(DataConfig(benchmark="superni15", benchmark_dir=str(root)))
+    data["Instances"][1]["input"], data["Instances"][0]["output"] = "x", ["fine", 7]
+    f.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"field 'output': instance 1: must be a string, got int 7"):
+        load_stream(DataConfig(benchmark="superni15", benchmark_dir=str(root)))

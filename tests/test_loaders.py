@@ -170,3 +170,23 @@ def test_cli_error_exit_2(tmp_path):
     finally:
         sys.argv = old
     assert e.value.code == 2
+
+
+def test_python_api_records_are_numbered_from_1():
+    """Eval records handed to ReplayTrainer are numbered like task-file records (from 1)."""
+    from types import SimpleNamespace
+
+    from forgetless.config import Config
+    from forgetless.integrations.trainer import ReplayTrainer
+
+    me = SimpleNamespace(fl_config=Config())
+    with pytest.raises(InputError, match=r"eval_tasks\[x\], field 'target': record 2: missing field"):
+        ReplayTrainer._eval_examples(me, [{"prompt": "a", "target": "b"}, {"prompt": "c"}], "x")
+
+
+def test_column_names_are_cut():
+    from forgetless.data.loaders import column_names
+
+    cols = [f"c{i:02d}" for i in range(10)] + ["x" * 40]
+    assert column_names(cols) == ", ".join(repr(f"c{i:02d}") for i in range(8)) + " and 3 more"
+    assert column_names(["a" * 40]) == repr("a" * 16 + "...")

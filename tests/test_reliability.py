@@ -167,8 +167,9 @@ def _report_missing_keys(tmp):
 BENCH_FIX = Path(__file__).parent / "fixtures" / "benchmarks"
 
 
-def _preset(bench: str, folder: str, edits: dict[str, object]):
-    """A copy of a preset's fixture folder with ``edits`` (relative path -> JSON content) and a run on it."""
+def _preset(bench: str, folder: str, edits: dict[str, object], command: str = "run"):
+    """A copy of a preset's fixture folder with ``edits`` (relative path -> JSON content) and a run
+    (or a bench) on it."""
     def make(tmp):
         root = tmp / folder
         shutil.copytree(BENCH_FIX / folder, root)
@@ -178,7 +179,7 @@ def _preset(bench: str, folder: str, edits: dict[str, object]):
         raw["data"] = {"benchmark": bench, "benchmark_dir": str(root), "n_train": 4, "n_test": 2, "general_texts": 2}
         cfg = tmp / "cfg.yaml"
         cfg.write_text(yaml.safe_dump(raw))
-        return ["run", cfg, "--output", tmp / "o"]
+        return [command, cfg, "--output", tmp / "o"] + (["--quiet"] if command == "bench" else [])
     return make
 
 
@@ -245,6 +246,8 @@ ERROR_CASES = [
     ("preset: train.json is []", _preset("cl4", "CL_Benchmark", {"TC/agnews/train.json": []}), 2,
      "TC/agnews/train.json, field 'train': task 'agnews' has no train examples"),
     ("preset: test.json is []", _preset("cl4", "CL_Benchmark", {"TC/yahoo/test.json": []}), 2,
+     "TC/yahoo/test.json, field 'test': task 'yahoo' has no test examples"),
+    ("bench, preset: test.json is []", _preset("cl4", "CL_Benchmark", {"TC/yahoo/test.json": []}, "bench"), 2,
      "TC/yahoo/test.json, field 'test': task 'yahoo' has no test examples"),
     ("preset: duplicate label", _preset("cl4", "CL_Benchmark", {"TC/agnews/labels.json": ["World", "Sports", "World"]}),
      2, "TC/agnews/labels.json: duplicate label 'World'"),
