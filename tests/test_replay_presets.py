@@ -2,6 +2,10 @@
 
 tests/fixtures/replay_presets.json was written by tests/helpers/replay_fixture.py at commit
 "fixture of every preset" (before the refactor): accuracy matrix, replay events and replayed ids.
+Two entries were re-recorded on purpose when the one replay budget replaced the pacer that forced
+unspent budget into a task's last steps: ``loss_triggered@0.5`` (before: 8 samples at each of the
+last 4 steps of tasks 2 and 3; now one triggered step, 13) and ``accuracy_triggered@0.5`` (before:
+the same forced 32 + 32; now no replay: it never triggers on this stream).
 """
 
 import json
