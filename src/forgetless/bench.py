@@ -1,8 +1,8 @@
 """Many runs (strategies x seeds x task orders) on one stream -> a comparison table and plots.
 
 Each run is an ordinary run directory under ``<bench>/runs/``; finished runs are skipped, so a
-killed bench resumes where it stopped. Replaying strategies share one replay budget, so their
-accuracy is compared at equal replay volume.
+killed bench resumes where it stopped. Task-replay strategies draw from the same replay budget,
+so none replays more than another; what a strategy leaves unspent shows as spent/budget.
 """
 
 from __future__ import annotations
