@@ -167,9 +167,6 @@ class ReplayBudget:
         self.task, self.spent = int(task_index), 0
         self.total = ctx.replay_budget(task_index) if known else None
 
-    def remaining(self) -> int | None:
-        return None if self.total is None else self.total - self.spent
-
     def grant(self, wanted: int) -> int:
         n = max(0, int(wanted))
         if self.total is not None:
