@@ -437,7 +437,7 @@ class Run:
 
     def _finish(self) -> dict:
         from forgetless import metrics
-        from forgetless.report import write_outputs
+        from forgetless.report import replay_volume, write_outputs
 
         acc = np.asarray(self.acc_rows, dtype=float)
         base = np.asarray(self.baseline, dtype=float)
@@ -470,6 +470,7 @@ class Run:
             "chat_template": self.chat,
             "versions": _versions(),
         }
+        result["replay_volume"] = replay_volume(result)  # per task and quarter, with the budget's ledger
         self.tracking.final(result, self.global_step)
         if self.accelerator.is_main_process:
             write_outputs(self.run_dir, result)

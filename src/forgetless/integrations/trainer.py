@@ -269,7 +269,8 @@ class ReplayMixin:
                                            self.batch_size, self._rng)
         self._lr_factor = float(self._get_learning_rate()) / self.args.learning_rate
         if replay:
-            self.replay_events.append({"step": step, "task": t, "n_samples": len(replay)})
+            self.replay_events.append({"step": step, "task": t, "n_samples": len(replay),
+                                       "n_tokens": sum(s.n_tokens for s in replay)})
         c = self.counters
         c.new_task_tokens += sum(s.n_tokens for s in new)
         c.replay_tokens += sum(s.n_tokens for s in replay)
@@ -420,6 +421,10 @@ class ReplayMixin:
             out["metrics_so_far"] = to_jsonable(metrics.compute(a, np.asarray(self.baseline)[:k]))
             if k == len(names):
                 out["metrics"] = out["metrics_so_far"]
+        from forgetless.report import replay_volume
+
+        out["replay_report"] = self.strategy.report() if hasattr(self.strategy, "report") else {}
+        out["replay_volume"] = replay_volume(out)  # per task and quarter, with the budget's ledger
         return out
 
     def _write_results(self, result: dict, final: bool) -> None:
