@@ -80,13 +80,18 @@ def test_paper_stream_gpu_yaml_runs_every_task_on_a_shrunk_model(tmp_path, monke
     acc = np.asarray(r["acc"], dtype=float)
     assert acc.shape == (8, 8) and np.all((0 <= acc) & (acc <= 1))
     assert r["tasks"] == cfg.data.tasks and r["counters"]["optimizer_steps"] == 8 * 2
+    assert r["task_metrics"] == [{"gsm8k": "gsm8k_exact_match", "math": "math_exact_match", "squad": "f1"}.get(t, "accuracy")
+                                 for t in cfg.data.tasks]
     assert r["chat_template"] is True  # "auto" on an instruct model with a template
+    assert r["strategy"] == "mssr" and run.accelerator.mixed_precision == "bf16"
+    assert r["general_source"] == "lambada" and len(r["general_ppl"]) == len(r["general_probe_acc"]) == 9
     # the model it ran is the Qwen2 architecture, in bf16, with LoRA on all seven projections of every layer
     base = run.base_model.get_base_model()
     assert base.config.model_type == QWEN25_7B["model_type"] and str(base.dtype) == "torch.bfloat16"
     wrapped = {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if hasattr(m, "lora_A")}
     assert wrapped == set(cfg.model.lora.target_modules)
-    assert sum(hasattr(m, "lora_A") for m in base.modules()) == 7 * 2
+    lora = [m for m in base.modules() if hasattr(m, "lora_A")]
+    assert len(lora) == 7 * 2 and all(m.r["default"] == 16 and m.scaling["default"] == 32 / 16 for m in lora)
 
     # every field but the shrunk ones is the file's value, in the config the run recorded
     used = load_config(run.run_dir / "config.yaml").model_dump(mode="json")
