@@ -42,18 +42,21 @@ SHRUNK = {"data.n_train": 12, "data.n_test": 3, "data.general_texts": 2, "data.g
 def shrunk_qwen(d: Path) -> Path:
     """A random Qwen2 with the 7B's proportions (7 query heads per key/value head, MLP 5.3x
     wide, untied embeddings, q/k/v biases, rope theta 1e6) at 2 layers of width 56, with the
-    bundled tokenizer given Qwen's special tokens and chat template; saved as the 7B would be."""
+    bundled tokenizer given Qwen's special tokens and chat template; saved as a model directory."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     a = QWEN25_7B
     tok = load_tokenizer("tiny")
     tok.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
-    tok.eos_token, tok.pad_token, tok.chat_template = "<|im_end|>", "<|endoftext|>", QWEN_TEMPLATE
+    # Qwen2.5-Instruct's tokenizer: no BOS, <|im_end|> ends a turn and the sequence, <|endoftext|> pads
+    tok.bos_token, tok.eos_token, tok.pad_token = None, "<|im_end|>", "<|endoftext|>"
+    tok.chat_template = QWEN_TEMPLATE
     heads, kv, head_dim = 7, 1, 8
     assert a["num_attention_heads"] // a["num_key_value_heads"] == heads // kv
     cfg = Qwen2Config(
         vocab_size=-(-len(tok) // 64) * 64,  # padded past the tokenizer, as Qwen's 152064 is
-        hidden_size=heads * head_dim, intermediate_size=round(heads * head_dim * a["intermediate_size"] / a["hidden_size"]),
+        hidden_size=heads * head_dim,
+        intermediate_size=round(heads * head_dim * a["intermediate_size"] / a["hidden_size"]),
         num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv, hidden_act=a["hidden_act"],
         rms_norm_eps=a["rms_norm_eps"], rope_theta=a["rope_theta"], max_position_embeddings=4096,
         tie_word_embeddings=a["tie_word_embeddings"], eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
@@ -80,10 +83,10 @@ def test_paper_stream_gpu_yaml_runs_every_task_on_a_shrunk_model(tmp_path, monke
     acc = np.asarray(r["acc"], dtype=float)
     assert acc.shape == (8, 8) and np.all((0 <= acc) & (acc <= 1))
     assert r["tasks"] == cfg.data.tasks and r["counters"]["optimizer_steps"] == 8 * 2
-    assert r["task_metrics"] == [{"gsm8k": "gsm8k_exact_match", "math": "math_exact_match", "squad": "f1"}.get(t, "accuracy")
-                                 for t in cfg.data.tasks]
+    generation = {"gsm8k": "gsm8k_exact_match", "math": "math_exact_match", "squad": "f1"}
+    assert r["task_metrics"] == [generation.get(t, "accuracy") for t in cfg.data.tasks]
     assert r["chat_template"] is True  # "auto" on an instruct model with a template
-    assert r["strategy"] == "mssr" and run.accelerator.mixed_precision == "bf16"
+    assert r["strategy"] == cfg.replay.strategy and run.accelerator.mixed_precision == cfg.train.precision
     assert r["general_source"] == "lambada" and len(r["general_ppl"]) == len(r["general_probe_acc"]) == 9
     # the model it ran is the Qwen2 architecture, in bf16, with LoRA on all seven projections of every layer
     base = run.base_model.get_base_model()
@@ -91,7 +94,8 @@ def test_paper_stream_gpu_yaml_runs_every_task_on_a_shrunk_model(tmp_path, monke
     wrapped = {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if hasattr(m, "lora_A")}
     assert wrapped == set(cfg.model.lora.target_modules)
     lora = [m for m in base.modules() if hasattr(m, "lora_A")]
-    assert len(lora) == 7 * 2 and all(m.r["default"] == 16 and m.scaling["default"] == 32 / 16 for m in lora)
+    r_, alpha = cfg.model.lora.r, cfg.model.lora.alpha
+    assert len(lora) == 7 * 2 and all(m.r["default"] == r_ and m.scaling["default"] == alpha / r_ for m in lora)
 
     # every field but the shrunk ones is the file's value, in the config the run recorded
     used = load_config(run.run_dir / "config.yaml").model_dump(mode="json")
