@@ -37,7 +37,8 @@ from forgetless.state import atomic_write_text, load_state, save_state
 
 
 def run_dir_for(cfg: Config, output_dir: str | Path | None = None) -> Path:
-    return Path(output_dir if output_dir is not None else cfg.output_dir) / cfg.name
+    # ~ expanded here, where the path is used, as model.name's is ('~/runs' is not a folder named '~')
+    return Path(output_dir if output_dir is not None else cfg.output_dir).expanduser() / cfg.name
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -496,7 +497,7 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description:<24}", markup=False), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("replay {task.fields[share]:.0%}"),
         TextColumn("{task.fields[tps]:.0f} tok/s"), TimeElapsedColumn(),
     )
