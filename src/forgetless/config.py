@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from forgetless.errors import InputError, read_text
 
@@ -136,9 +137,23 @@ class EvalConfig(_Strict):
     max_new_tokens: int | None = Field(None, ge=1)  # None: longest target in the task + 2
     # lm-evaluation-harness tasks run on the current model (forgetless.harness); none by default
     general_tasks: list[str] = []
+    # a task YAML with `!function` makes lm-eval import and run the user's Python file: refused
+    # unless this is true (docs/design.md, "What runs code")
+    allow_code: bool = False
     general_task_dir: str | None = None  # folder of extra task YAMLs (e.g. local data files)
     general_stages: list[int] | None = None  # stages to run them at (0: start, t: after task t); None: start and end
     general_limit: int | None = Field(None, ge=1)  # examples per harness task (None: all)
+
+    @field_validator("general_task_dir")
+    @classmethod
+    def _no_code(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from forgetless.harness import code_in_task_dir
+
+        found = code_in_task_dir(v) if v and not info.data.get("allow_code") else None
+        if found:
+            raise ValueError(f"{found} makes lm-eval run Python code from your files; allow it with "
+                             "eval.allow_code: true")
+        return v
 
 
 class MemoryConfig(_Strict):
