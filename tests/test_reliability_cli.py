@@ -267,7 +267,7 @@ def test_ctrl_c_before_the_first_stage_is_one_line(tmp_path, capsys, monkeypatch
     cfg = _files(tmp_path)
     before = {p for p in tmp_path.rglob("*")}
     status, _, err = _cli(capsys, "run", cfg, "--output", tmp_path / "o", "--quiet")
-    assert status == 130 and _one_line(err).startswith("error: interrupted")
+    assert status == 130 and _one_line(err).startswith("error: interrupted before ")
     assert {p for p in tmp_path.rglob("*")} == before
 
 

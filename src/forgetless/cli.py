@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from forgetless.errors import InputError
+from forgetless.errors import InputError, Interrupted
 
 # plain help (rich_markup_mode=None): typer's Rich help labels every flag '<bool>', as if it took a value
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -118,12 +118,15 @@ def run(config: str = typer.Argument(..., help="YAML config file."),
         fresh: bool = typer.Option(False, "--fresh", help="Delete an existing run of this name and start over."),
         quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP)) -> None:
     """Train one model on a stream of tasks with one replay strategy."""
-    from forgetless import bench, experiment
-    from forgetless.config import load_config
+    try:  # importing torch takes seconds: a Ctrl-C here is no run's to continue
+        from forgetless import bench, experiment
+        from forgetless.config import load_config
 
-    if resume and fresh:
-        raise InputError("--resume and --fresh exclude each other")
-    cfg = load_config(config, set_)
+        if resume and fresh:
+            raise InputError("--resume and --fresh exclude each other")
+        cfg = load_config(config, set_)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted before the run started; nothing was written") from None
     result = experiment.run(cfg, output, resume=resume, fresh=fresh, progress=not quiet)
     run_dir = experiment.run_dir_for(cfg, output)
     if _is_main():
@@ -230,8 +233,6 @@ def main() -> None:
     run (130), a full disk (1); tracebacks are left for bugs."""
     import errno
 
-    from forgetless.experiment import RunInterrupted
-
     def fail(msg: str, code: int) -> None:
         Console(stderr=True, markup=False).print(Text.assemble(("error:", "red"), f" {msg}"), highlight=False,
                                                  soft_wrap=True)
@@ -241,10 +242,8 @@ def main() -> None:
         app()
     except InputError as e:
         fail(str(e), InputError.exit_code)
-    except RunInterrupted as e:
-        fail(str(e), 130)
-    except KeyboardInterrupt:  # before a run began (imports, reading the config): nothing to continue
-        fail("interrupted", 130)
+    except Interrupted as e:  # experiment.RunInterrupted among them
+        fail(str(e), Interrupted.exit_code)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

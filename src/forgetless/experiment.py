@@ -29,7 +29,7 @@ import torch
 
 from forgetless import __version__
 from forgetless.config import Config, dump_config
-from forgetless.errors import InputError
+from forgetless.errors import InputError, Interrupted
 from forgetless.replay.base import StrategyContext, WorkCounters
 from forgetless.rundir import (FINGERPRINTS, LOCK, MANIFEST, RunLock, check_same_run, check_writable, fingerprints,
                                load_results, sha256_file, verify_stage)
@@ -45,7 +45,7 @@ def is_finished(run_dir: Path) -> bool:
     return (Path(run_dir) / "results.json").is_file()
 
 
-class RunInterrupted(Exception):
+class RunInterrupted(Interrupted):
     """Ctrl-C during a run; ``stage`` is the last stage on disk (-1: none)."""
 
     def __init__(self, run_dir: Path, stage: int, hint: str = "continue with --resume"):
