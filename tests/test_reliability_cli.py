@@ -203,9 +203,9 @@ def test_error_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch, mak
 # ---- strict YAML and typed --set values -------------------------------------------------------------
 
 def test_set_values_take_the_type_the_field_wants(tmp_path):
-    cfg = load_config(None, ["train.precision=no", "name=2024", "model.revision=1e10", "model.lora.enabled=no",
+    cfg = load_config(None, ["train.precision=no", "name=2024", "model.revision=20240101", "model.lora.enabled=no",
                              "seed=7", "replay.budget=0.5"])
-    assert cfg.train.precision == "no" and cfg.name == "2024" and cfg.model.revision == "1e10"
+    assert cfg.train.precision == "no" and cfg.name == "2024" and cfg.model.revision == "20240101"
     assert cfg.model.lora.enabled is False and cfg.seed == 7 and cfg.replay.budget == 0.5
     # in a file, only true/false are booleans: `precision: no` is the string the schema lists
     (tmp_path / "c.yaml").write_text("train:\n  precision: no\nmodel:\n  lora:\n    enabled: off\n")

@@ -61,6 +61,22 @@ class TaskFileConfig(_Strict):
     metric: Metric | None = None  # default: exact_match (generation) or accuracy (multiple choice)
 
 
+def check_prompt_template(v: str) -> str:
+    """``data.prompt_template`` is filled by ``str.format`` with ``prompt`` only (ValueError if not)."""
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"not a valid format string ({e})") from None
+    if "prompt" not in names or any(f != "prompt" for f in names):
+        raise ValueError("must contain '{prompt}' and no other field, attribute or index "
+                         "(write a literal brace as '{{' or '}}')")
+    try:  # '{prompt:d}', '{prompt!x}': the field is there, but a prompt (text) cannot fill it
+        v.format(prompt="text")
+    except ValueError as e:
+        raise ValueError(f"cannot fill it with a prompt ({e}); write plain '{{prompt}}'") from None
+    return v
+
+
 class DataConfig(_Strict):
     # built-in task names, or task files; order is the training order
     tasks: list[str | TaskFileConfig] = ["unicode_letter", "country_code", "first_word", "last_word", "compare", "month_name"]
@@ -96,18 +112,7 @@ class DataConfig(_Strict):
     @field_validator("prompt_template")
     @classmethod
     def _template(cls, v: str) -> str:
-        try:
-            names = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
-        except ValueError as e:
-            raise ValueError(f"not a valid format string ({e})") from None
-        if "prompt" not in names or any(f != "prompt" for f in names):
-            raise ValueError("must contain '{prompt}' and no other field, attribute or index "
-                             "(write a literal brace as '{{' or '}}')")
-        try:  # '{prompt:d}', '{prompt!x}': the field is there, but a prompt (text) cannot fill it
-            v.format(prompt="text")
-        except ValueError as e:
-            raise ValueError(f"cannot fill it with a prompt ({e}); write plain '{{prompt}}'") from None
-        return v
+        return check_prompt_template(v)
 
 
 class TrainConfig(_Strict):
@@ -320,7 +325,7 @@ def _format_error(e: ValidationError, source: str, set_keys=()) -> str:
     if err.get("type") == "literal_error" and "expected" in err.get("ctx", {}):
         msg = f"must be one of {err['ctx']['expected']}"
     value = err.get("input")
-    if err["type"] in ("string_type", "literal_error") and isinstance(value, (bool, int, float)):
+    if err["type"] == "string_type" and isinstance(value, (bool, int, float)):
         kind = "a boolean" if isinstance(value, bool) else "a number"
         msg += f" (YAML read {value!r} as {kind}; quote it to mean the text: '{value}')"
     shown = useful or errors
@@ -378,7 +383,7 @@ def load_yaml(text: str, file: str) -> Any:
 
 def parse_value(text: str, key: str | None = None) -> Any:
     """A --set value is YAML, so numbers, booleans and lists work as typed; where the schema wants
-    text and YAML read a number or null (name=2024, model.revision=1e10), the text as typed."""
+    text and YAML read a number, boolean or null (name=2024), the text as typed."""
     try:
         value = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except _DuplicateKey as e:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from forgetless.config import check_prompt_template
 from forgetless.data.task import Sample, TaskStream
 from forgetless.errors import InputError
 
@@ -58,10 +59,10 @@ def encode(tokenizer, prompt: str, target: str, max_length: int) -> tuple[np.nda
 
 def apply_template(template: str, prompt: str) -> str:
     """The same rendering as evaluation (``str.format`` with only ``prompt``)."""
-    try:  # the template itself is checked where the config is read (config.DataConfig)
-        return template.format(prompt=prompt)
-    except (KeyError, IndexError, ValueError) as e:
-        raise InputError(f"must use only '{{prompt}}' ({e})", field="data.prompt_template") from None
+    try:
+        return check_prompt_template(template).format(prompt=prompt)
+    except ValueError as e:
+        raise InputError(str(e), field="data.prompt_template") from None
 
 
 INSTRUCT_MARKERS = ("instruct", "chat")
