@@ -35,7 +35,7 @@ def score_run(run_dir: Path, n: int | None, ends: bool = False) -> dict[str, lis
     model, tok = load_model(cfg.model)
     chat = use_chat_template(cfg.data.chat_template, tok, cfg.model.name)
     n = n or cfg.data.general_probe or 50
-    probes = {f: knowledge_probe(cfg.seed, n, form=f) for f in ("qa", "cloze")}
+    probes = {f: knowledge_probe(n, form=f) for f in ("qa", "cloze")}
     bf16 = cfg.train.precision == "bf16"
     out: dict[str, list[float]] = {f: [] for f in probes}
     stages = sorted((p for p in (run_dir / "stages").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))

@@ -24,7 +24,8 @@ def make_ctx(replay=None, seed=0, evaluate=None, sample_losses=None, steps=STEPS
         toks = [np.arange(3 + k % 5, dtype=np.int64) for k in range(N_PER_TASK)]
         samples.append([Sample(t * 1000 + k, t, x, x.copy()) for k, x in enumerate(toks)])
         tasks.append(Task(f"t{t}", "generation", [Example(f"p{k}", "a") for k in range(N_PER_TASK)],
-                          [Example(f"q{t}-{k}", "b") for k in range(10)]))
+                          [Example(f"q{t}-{k}", "b") for k in range(10)],
+                          dev=[Example(f"d{t}-{k}", "b") for k in range(10)]))
     ctx = StrategyContext(config=cfg, stream=TaskStream(tasks, samples), seed=seed, counters=WorkCounters(),
                           steps_per_task=[steps] * N_TASKS, batch_size=BS)
     ctx.extras["clock"] = (0, 0)  # (task, call in task), set by the driver before each replay_batch
@@ -180,7 +181,7 @@ def test_loss_trigger_probe_mode():
 def test_accuracy_trigger_replays_exactly_window():
     def scripted(ctx):
         def ev(j, examples):
-            assert list(examples) == ctx.stream.tasks[j].test[:4]
+            assert list(examples) == ctx.stream.tasks[j].dev[:4]  # dev, never test
             ctx.counters.eval_tokens += len(examples)
             return 0.7 if ctx.extras["clock"] == (1, 20) else 0.8  # end-of-task refs are taken at (0,49)/(1,49)
         return ev
@@ -207,22 +208,52 @@ def _droppy(ctx):
 
 
 @pytest.mark.parametrize("budget", [37, 0.1])
-@pytest.mark.parametrize("name,section,loss", [
-    ("uniform", {"uniform": {"ratio": 0.25}}, flat_loss),
-    ("fixed", {"fixed": {"interval": 7, "ratio": 1.0}}, flat_loss),
-    ("loss_triggered", {"loss_triggered": {"mode": "running", "window": 5}}, noisy_loss),  # a few triggers
-    ("loss_triggered", {"loss_triggered": {"mode": "absolute", "threshold": 0.0}}, flat_loss),  # always
-    ("accuracy_triggered", {"accuracy_triggered": {"every": 5, "window": 2}}, flat_loss),
+@pytest.mark.parametrize("name,section", [
+    ("uniform", {"uniform": {"ratio": 0.25}}),
+    ("fixed", {"fixed": {"interval": 7, "ratio": 1.0}}),
 ])
-def test_budget_honoured(name, section, loss, budget):
-    ctx = make_ctx({**section, "budget": budget}, evaluate=_droppy)
-    s, rec = drive(ctx, name, loss=loss)
+def test_spreading_schedules_spend_their_budget_evenly(name, section, budget):
+    """every_step and fixed spread the budget over their steps / events by their own rule: all of it,
+    at most one sample apart between events, so every quarter of the task replays."""
+    ctx = make_ctx({**section, "budget": budget})
+    s, rec = drive(ctx, name)
     assert counts(rec, 0).sum() == 0
     for t in (1, 2):
-        b = ctx.replay_budget(t)
+        b, c = ctx.replay_budget(t), counts(rec, t)
         assert b == (37 if budget == 37 else 40)
-        assert abs(counts(rec, t).sum() - b) <= 0.05 * b
-        assert s.task_log[t] == {"task": t, "budget": b, "replayed": int(counts(rec, t).sum())}
+        ev = c if name == "uniform" else c[::7]
+        assert c.sum() == b and ev.max() - ev.min() <= 1 and (name == "uniform" or not c[np.arange(STEPS) % 7 != 0].any())
+        assert all(q.sum() > 0 for q in np.array_split(c, 4))
+        assert s.task_log[t] == {"task": t, "budget": b, "replayed": b}
+        assert s.report()["budget"][t] == {"task": t, "budget": b, "spent": b, "underspend": 0}
+
+
+@pytest.mark.parametrize("budget", [37, 0.1])
+@pytest.mark.parametrize("name,section,loss", [
+    ("loss_triggered", {"loss_triggered": {"mode": "running", "window": 5}}, noisy_loss),  # many triggers
+    ("loss_triggered", {"loss_triggered": {"mode": "absolute", "threshold": 0.0}}, flat_loss),  # always
+    ("accuracy_triggered", {"accuracy_triggered": {"every": 5, "window": 2}}, flat_loss),  # 2 x 2 steps
+])
+def test_triggered_schedules_get_only_what_they_trigger(name, section, loss, budget):
+    """The budget only cuts: the budgeted run replays the unbudgeted run's triggered volumes until
+    the budget is spent (the triggers here do not depend on replay), and the rest is underspend."""
+    s, rec = drive(make_ctx({**section, "budget": budget}, evaluate=_droppy), name, loss=loss)
+    _, free = drive(make_ctx({**section, "budget": None}, evaluate=_droppy), name, loss=loss)
+    for t in (1, 2):
+        b, c, want = s.ctx.replay_budget(t), counts(rec, t), counts(free, t)
+        np.testing.assert_array_equal(c, np.diff(np.minimum(np.cumsum(want), b), prepend=0))
+        assert s.report()["budget"][t] == {"task": t, "budget": b, "spent": int(c.sum()), "underspend": b - int(c.sum())}
+    if name == "accuracy_triggered":  # drops seen at calls 10 and 40: 2 steps x 8 each, 32 of the budget
+        assert [i for tt, i, r in rec if tt == 1 and r] == [10, 11, 40, 41] and counts(rec, 1).sum() == 32
+
+
+def test_loss_triggered_smoothly_falling_loss_gets_no_replay():
+    """A smoothly falling training loss never crosses mean + c * std of its window: no trigger, so no
+    replay at all, not even just before the task ends; the whole budget is reported as underspend."""
+    cfg = {"loss_triggered": {"mode": "running", "window": 10, "c": 1.0}, "budget": 64}
+    s, rec = drive(make_ctx(cfg), "loss_triggered", loss=lambda t, i: 2.0 * math.exp(-i / 20))
+    assert s.schedule.n_triggers == 0 and not any(r for _, _, r in rec)
+    assert s.report()["budget"][1:] == [{"task": t, "budget": 64, "spent": 0, "underspend": 64} for t in (1, 2)]
 
 
 def test_budget_sets_volume_not_ratio():
@@ -235,6 +266,7 @@ def test_budget_beyond_memory_is_reported(caplog):
     with caplog.at_level(logging.WARNING):
         s, rec = drive(ctx, "uniform")
     assert s.task_log[1] == {"task": 1, "budget": 360, "replayed": 150}  # 3 per step x 50 steps
+    assert s.report()["budget"][1] == {"task": 1, "budget": 360, "spent": 150, "underspend": 210}
     assert "exceeds what the memory" in caplog.text
 
 

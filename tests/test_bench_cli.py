@@ -42,7 +42,9 @@ def test_bench_two_strategies_rows_and_skip_finished(tmp_path):
     # budget 0.5 of 6 steps x 8 samples = 24 replay samples in task 2, within 5%
     uni = next(r for r in saved["results"] if r["strategy"] == "uniform")
     assert abs(uni["counters"]["replay_samples"] - 24) <= 0.05 * 24
+    assert rows["uniform"]["spent_share"] == 1.0 and rows["none"]["spent_share"] is None  # every_step spends it all
     md = (out / "bench.md").read_text()
+    assert "| replay smp | replay tok | spent/budget |" in md and "| 24 | " in md
     assert "| none |" in md and "| uniform |" in md and "AP" in md
     assert "| probe |" not in md  # no data.general_probe: no empty column
     assert "| strategy | first_word | last_word |" in md and "| *start (base model)* |" in md

@@ -18,7 +18,7 @@ SIZES = {"cl5": 5, "cl4": 4, "long15": 15, "trace": 8, "superni15": 15}
 
 
 def stream(bench, order, **kw):
-    return load_stream(DataConfig(benchmark=bench, benchmark_order=order, benchmark_dir=str(DIRS[bench]), **kw), 0)
+    return load_stream(DataConfig(benchmark=bench, benchmark_order=order, benchmark_dir=str(DIRS[bench]), **kw))
 
 
 @pytest.mark.parametrize("bench,order", [(b, o) for b in ORDERS for o in ORDERS[b]])
@@ -76,11 +76,11 @@ def test_metric_override_and_caps():
 
 def test_missing_and_wrong_folders_give_one_line(tmp_path):
     with pytest.raises(InputError) as e:
-        load_stream(DataConfig(benchmark="cl4", benchmark_dir=str(tmp_path / "nope")), 0)
+        load_stream(DataConfig(benchmark="cl4", benchmark_dir=str(tmp_path / "nope")))
     msg = str(e.value)
     assert "\n" not in msg and "TC/dbpedia/train.json" in msg and "cmnfriend/O-LoRA" in msg
     with pytest.raises(InputError) as e:  # a folder, but the wrong one (TRACE data given to cl4)
-        load_stream(DataConfig(benchmark="cl4", benchmark_dir=str(DIRS["trace"])), 0)
+        load_stream(DataConfig(benchmark="cl4", benchmark_dir=str(DIRS["trace"])))
     assert "\n" not in str(e.value) and "labels.json" in str(e.value)
     with pytest.raises(InputError, match="orders"):
         stream("cl4", 5)
@@ -106,7 +106,7 @@ def test_gpu_example_configs_are_valid_and_load_the_fixture(name, n):
     ex = Path(__file__).parent.parent / "examples" / name
     cfg = load_config(ex, [f"data.benchmark_dir={DIRS['cl4']}"])
     assert cfg.model.lora.enabled and cfg.replay.strategy == "mssr" and cfg.replay.budget is not None
-    assert len(load_stream(cfg.data, 0)) == n
+    assert len(load_stream(cfg.data)) == n
 
 
 def test_metric_override_of_an_unknown_task_and_bad_harness_stage(tmp_path):
@@ -137,6 +137,24 @@ def test_bench_runs_a_preset_and_reuses_it(tmp_path):
     cfg = from_dict({"data": {"benchmark": "cl4", "benchmark_dir": str(FIX / "CL_Benchmark"), "general_texts": 0},
                      "train": {"steps_per_task": 1, "batch_size": 2}, "model": {"lora": {"enabled": False}}})
     first = bench.bench(cfg, ["none"], [0], out=tmp_path / "b", progress=False)
-    assert first["runs"][0]["tasks"] == [t.name for t in load_stream(cfg.data, 0).tasks]
+    assert first["runs"][0]["tasks"] == [t.name for t in load_stream(cfg.data).tasks]
     again = bench.bench(cfg, ["none"], [0], out=tmp_path / "b", progress=False)  # reused, same numbers
     assert again["runs"][0]["ap"] == first["runs"][0]["ap"]
+
+
+def test_superni_instances_are_strict_and_numbered_from_1(tmp_path):
+    import json
+    import shutil
+
+    root = tmp_path / "SuperNI"
+    shutil.copytree(DIRS["superni15"], root)
+    f = root / "task1572_samsum_summary" / "train.json"
+    data = json.loads(f.read_text())
+    data["Instances"][1]["input"] = None
+    f.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"train\.json, field 'input': instance 2: must be a string, got NoneType"):
+        load_stream(DataConfig(benchmark="superni15", benchmark_dir=str(root)))
+    data["Instances"][1]["input"], data["Instances"][0]["output"] = "x", ["fine", 7]
+    f.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"field 'output': instance 1: must be a string, got int 7"):
+        load_stream(DataConfig(benchmark="superni15", benchmark_dir=str(root)))

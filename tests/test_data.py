@@ -13,14 +13,14 @@ from forgetless.errors import InputError
 
 @pytest.fixture(scope="module")
 def suite():
-    return {name: build_builtin(name, seed=0) for name in BUILTIN}
+    return {name: build_builtin(name) for name in BUILTIN}
 
 
 def test_describe_tasks(suite):
-    rows = describe_tasks(seed=0)
+    rows = describe_tasks()
     assert [r["name"] for r in rows] == list(BUILTIN)
     for r in rows:
-        assert set(r) == {"name", "kind", "n_train", "n_test", "source"}
+        assert set(r) == {"name", "kind", "n_train", "n_dev", "n_test", "source"}
         assert r["n_train"] == len(suite[r["name"]].train) and r["source"]
     assert {r["kind"] for r in rows} == {"generation", "multiple_choice"}
     assert len(rows) >= 6
@@ -31,8 +31,10 @@ def test_sizes_separators_and_disjoint_splits(suite):
         assert t.name == name
         assert len(t.train) >= 400 and len(t.test) >= 100, name
         assert all(ex.prompt.endswith((" ->", " Answer:")) for ex in t.train + t.test), name
-        if name != "country_code":  # country_code repeats a country with other distractors
-            assert not {ex.prompt for ex in t.test} & {ex.prompt for ex in t.train}, name
+        assert len(t.dev) >= 40, name
+        # one prompt, one split (country_code repeats a country's prompt with other distractors)
+        splits = [{ex.prompt for ex in s} for s in (t.train, t.dev, t.test)]
+        assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2]), name
 
 
 def test_multiple_choice_invariants(suite):
@@ -69,11 +71,11 @@ def test_answers_follow_the_rule(suite):
         assert ex.target == " " + ex.prompt.split(" letter ")[1].split()[0]
 
 
-def test_deterministic_for_a_seed():
-    for name in BUILTIN:
-        a, b = build_builtin(name, seed=3), build_builtin(name, seed=3)
-        assert a.train == b.train and a.test == b.test
-    assert build_builtin("add", seed=1).train != build_builtin("add", seed=2).train
+def test_builtin_data_is_fixed(suite):
+    """No seed: building a task again gives the same examples in every split."""
+    for name in ("add", "country_code", "unicode_letter"):
+        t = build_builtin(name)
+        assert (t.train, t.dev, t.test) == (suite[name].train, suite[name].dev, suite[name].test)
 
 
 def test_unknown_builtin_lists_known():
@@ -93,16 +95,16 @@ def test_load_task_specs(tmp_path):
 
 def test_load_stream_order_caps_and_errors(tmp_path):
     cfg = DataConfig(tasks=["first_word", "compare", "month_name"], order=[2, 0, 1], n_train=7, n_test=3)
-    s = load_stream(cfg, seed=0)
+    s = load_stream(cfg)
     assert s.names == ["month_name", "first_word", "compare"]
     assert all(len(t.train) == 7 and len(t.test) == 3 for t in s.tasks)
-    assert s.tasks[1].train == build_builtin("first_word", 0).train[:7]
+    assert s.tasks[1].train == build_builtin("first_word").train[:7]
     with pytest.raises(InputError, match="permutation"):
-        load_stream(DataConfig(tasks=["first_word", "compare"], order=[0, 0]), seed=0)
+        load_stream(DataConfig(tasks=["first_word", "compare"], order=[0, 0]))
     with pytest.raises(InputError, match="permutation"):
-        load_stream(DataConfig(tasks=["first_word", "compare"], order=[0]), seed=0)
+        load_stream(DataConfig(tasks=["first_word", "compare"], order=[0]))
     with pytest.raises(InputError, match="duplicate"):
-        load_stream(DataConfig(tasks=["compare", "compare"]), seed=0)
+        load_stream(DataConfig(tasks=["compare", "compare"]))
 
 
 def test_default_tasks_are_builtin():
@@ -152,23 +154,23 @@ def test_real_suite_answers_come_from_the_sources(suite):
 def test_knowledge_probe_is_never_trained():
     from forgetless.data.general import knowledge_probe
 
-    probe = knowledge_probe(0)
+    probe = knowledge_probe()
     assert len(probe.test) >= 400 and not probe.train and probe.kind == "multiple_choice"
-    assert knowledge_probe(0, 50).test == knowledge_probe(0, 50).test and len(knowledge_probe(0, 50).test) == 50
+    assert knowledge_probe(50).test == knowledge_probe(50).test and len(knowledge_probe(50).test) == 50
     euro = [ex for ex in probe.test if ex.prompt == "What is the currency of France? Answer:"]
     assert euro and euro[0].target == " Euro" and euro[0].choices[euro[0].answer] == " Euro"
-    prompts = {ex.prompt for name in BUILTIN for ex in build_builtin(name, 0).train}
+    prompts = {ex.prompt for name in BUILTIN for ex in build_builtin(name).train}
     assert not prompts & {ex.prompt for ex in probe.test}
 
 
 def test_knowledge_probe_cloze_form_asks_the_same_facts():
     from forgetless.data.general import knowledge_probe
 
-    qa, cloze = knowledge_probe(3, 40).test, knowledge_probe(3, 40, form="cloze").test
+    qa, cloze = knowledge_probe(40).test, knowledge_probe(40, form="cloze").test
     assert [(e.choices, e.answer, e.target) for e in qa] == [(e.choices, e.answer, e.target) for e in cloze]
     pairs = {(a.prompt, b.prompt) for a, b in zip(qa, cloze)}
     assert all(b.startswith("The ") and b.endswith((" is the", " is")) and "?" not in b for _, b in pairs)
-    full = {e.prompt: e for e in knowledge_probe(0, form="cloze").test}
+    full = {e.prompt: e for e in knowledge_probe(form="cloze").test}
     assert full["The currency of France is the"].target == " Euro"
     with pytest.raises(ValueError, match="form"):
-        knowledge_probe(0, form="mc")
+        knowledge_probe(form="mc")

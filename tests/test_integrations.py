@@ -262,7 +262,7 @@ def test_sft_trainer_with_the_mixin(tmp_path):
     model, tok = _model(cfg)
     tasks = {}
     for name in cfg.data.tasks:
-        t = load_task(name, cfg.seed)
+        t = load_task(name)
         tasks[name] = Dataset.from_list([{"prompt": e.prompt, "completion": e.target} for e in t.train[:24]])
     args = trl.SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=6, learning_rate=1e-3,
                          report_to="tensorboard", save_strategy="no", use_cpu=True, disable_tqdm=True,

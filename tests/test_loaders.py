@@ -20,16 +20,17 @@ def jsonl(path, rows):
 
 
 def pairs(task):
-    return sorted((e.prompt, e.target) for e in task.train + task.test)
+    return sorted((e.prompt, e.target) for e in task.train + task.dev + task.test)
 
 
 def test_jsonl_generation_split(tmp_path):
     f = jsonl(tmp_path / "g.jsonl", GEN)
-    t = load_task_file(TaskFileConfig(path=f, test_fraction=0.3), seed=0)
-    assert t.name == "g" and t.kind == "generation" and (len(t.train), len(t.test)) == (7, 3)
-    assert pairs(t) == sorted((r["prompt"], r["target"]) for r in GEN)
-    again = load_task_file(TaskFileConfig(path=f, test_fraction=0.3), seed=0)
-    assert again.test == t.test  # deterministic for a seed
+    t = load_task_file(TaskFileConfig(path=f, test_fraction=0.3))
+    assert t.name == "g" and t.kind == "generation" and (len(t.train), len(t.dev), len(t.test)) == (6, 1, 3)
+    assert sorted((e.prompt, e.target) for e in t.train + t.dev + t.test) == sorted((r["prompt"], r["target"]) for r in GEN)
+    # the split follows each record's content: the file's order does not move an example
+    rev = load_task_file(TaskFileConfig(path=jsonl(tmp_path / "rev.jsonl", GEN[::-1]), test_fraction=0.3))
+    assert rev.test == t.test[::-1] and rev.dev == t.dev and rev.train == t.train[::-1]
 
 
 def test_json_csv_parquet_give_the_same_examples(tmp_path):
@@ -48,9 +49,9 @@ def test_multiple_choice_index_and_text(tmp_path):
     rows = MC[:5] + [{"question": "text?", "choices": ["red", "blue"], "answer": "blue"}] * 5
     t = load_task(jsonl(tmp_path / "mc.jsonl", rows))
     assert t.kind == "multiple_choice"
-    for e in t.train + t.test:
+    for e in t.train + t.dev + t.test:
         assert e.target == e.choices[e.answer]
-    assert any(e.prompt == "text?" and e.answer == 1 and e.target == "blue" for e in t.train + t.test)
+    assert any(e.prompt == "text?" and e.answer == 1 and e.target == "blue" for e in t.train + t.dev + t.test)
 
 
 def test_csv_multiple_choice_with_json_choices(tmp_path):
@@ -61,23 +62,23 @@ def test_csv_multiple_choice_with_json_choices(tmp_path):
         for i in range(6):
             w.writerow([f"q{i}", json.dumps(["a", "b"]), str(i % 2)])
     t = load_task(str(p))
-    assert t.kind == "multiple_choice" and sorted(e.answer for e in t.train + t.test) == [0, 0, 0, 1, 1, 1]
+    assert t.kind == "multiple_choice" and sorted(e.answer for e in t.train + t.dev + t.test) == [0, 0, 0, 1, 1, 1]
 
 
 def test_alpaca_and_field_renames(tmp_path):
     rows = [{"instruction": "Say hi", "input": "", "output": "hi"},
             {"instruction": "Repeat", "input": "abc", "output": "abc"}] * 3
     t = load_task(jsonl(tmp_path / "al.jsonl", rows))
-    assert {e.prompt for e in t.train + t.test} == {"Say hi", "Repeat\nabc"}
+    assert {e.prompt for e in t.train + t.dev + t.test} == {"Say hi", "Repeat\nabc"}
     rows = [{"q": f"x{i}", "a": "y"} for i in range(5)]
     t = load_task(TaskFileConfig(path=jsonl(tmp_path / "r.jsonl", rows), fields={"prompt": "q", "target": "a"}))
-    assert {e.target for e in t.train + t.test} == {"y"}
+    assert {e.target for e in t.train + t.dev + t.test} == {"y"}
 
 
 def test_test_path(tmp_path):
     tr, te = jsonl(tmp_path / "tr.jsonl", GEN), jsonl(tmp_path / "te.jsonl", GEN[:2])
     t = load_task(TaskFileConfig(path=tr, test_path=te, kind="generation"))
-    assert len(t.train) == 10 and [e.prompt for e in t.test] == ["q0 ->", "q1 ->"]
+    assert (len(t.train), len(t.dev)) == (9, 1) and [e.prompt for e in t.test] == ["q0 ->", "q1 ->"]
 
 
 def _save_arrow(dirpath, rows):
@@ -97,7 +98,12 @@ def test_hf_save_to_disk_dataset_and_dict(tmp_path):
     _save_arrow(tmp_path / "dd" / "test", MC[8:])
     (tmp_path / "dd" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
     t = load_task(str(tmp_path / "dd"))
-    assert t.kind == "multiple_choice" and len(t.train) == 8 and [e.prompt for e in t.test] == ["pick 8?", "pick 9?"]
+    assert t.kind == "multiple_choice" and [e.prompt for e in t.test] == ["pick 8?", "pick 9?"]
+    assert (len(t.train), len(t.dev)) == (7, 1)  # dev carved from train by hash
+    _save_arrow(tmp_path / "dd" / "validation", MC[7:8])
+    (tmp_path / "dd" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "validation", "test"]}))
+    t = load_task(str(tmp_path / "dd"))  # a validation split next to test is the dev split
+    assert len(t.train) == 8 and [e.prompt for e in t.dev] == ["pick 7?"] and len(t.test) == 2
 
 
 @pytest.mark.parametrize("rows, match", [
@@ -164,3 +170,23 @@ def test_cli_error_exit_2(tmp_path):
     finally:
         sys.argv = old
     assert e.value.code == 2
+
+
+def test_python_api_records_are_numbered_from_1():
+    """Eval records handed to ReplayTrainer are numbered like task-file records (from 1)."""
+    from types import SimpleNamespace
+
+    from forgetless.config import Config
+    from forgetless.integrations.trainer import ReplayTrainer
+
+    me = SimpleNamespace(fl_config=Config())
+    with pytest.raises(InputError, match=r"eval_tasks\[x\], field 'target': record 2: missing field"):
+        ReplayTrainer._eval_examples(me, [{"prompt": "a", "target": "b"}, {"prompt": "c"}], "x")
+
+
+def test_column_names_are_cut():
+    from forgetless.data.loaders import column_names
+
+    cols = [f"c{i:02d}" for i in range(10)] + ["x" * 40]
+    assert column_names(cols) == ", ".join(repr(f"c{i:02d}") for i in range(8)) + " and 3 more"
+    assert column_names(["a" * 40]) == repr("a" * 16 + "...")

@@ -163,6 +163,42 @@ def _report_missing_keys(tmp):
     return ["report", tmp / "r"]
 
 
+BENCH_FIX = Path(__file__).parent / "fixtures" / "benchmarks"
+
+
+def _preset(bench: str, folder: str, edits: dict[str, object], command: str = "run"):
+    """A copy of a preset's fixture folder with ``edits`` (relative path -> JSON content) and a run
+    (or a bench) on it."""
+    def make(tmp):
+        root = tmp / folder
+        shutil.copytree(BENCH_FIX / folder, root)
+        for rel, content in edits.items():
+            (root / rel).write_text(json.dumps(content))
+        raw = _raw(tmp / "unused.jsonl")
+        raw["data"] = {"benchmark": bench, "benchmark_dir": str(root), "n_train": 4, "n_test": 2, "general_texts": 2}
+        cfg = tmp / "cfg.yaml"
+        cfg.write_text(yaml.safe_dump(raw))
+        return [command, cfg, "--output", tmp / "o"] + (["--quiet"] if command == "bench" else [])
+    return make
+
+
+def _dataset_dict_only_test(tmp):
+    import pyarrow as pa
+
+    d = tmp / "dd" / "test"
+    d.mkdir(parents=True)
+    with pa.ipc.new_stream(d / "data-00000-of-00001.arrow", pa.Table.from_pylist(GEN).schema) as w:
+        w.write_table(pa.Table.from_pylist(GEN))
+    (tmp / "dd" / "dataset_dict.json").write_text(json.dumps({"splits": ["test"]}))
+    return ["run", _files(tmp, **{"data.tasks": [{"path": str(tmp / "dd")}]})[1], "--output", tmp / "o"]
+
+
+def _csv_not_a_table(tmp):
+    (tmp / "x.csv").write_text("root:$6$saltsaltsalt$hashhashhashhash:19000:0:99999:7:::\nbin:*:19000\n")
+    return ["run", _files(tmp, **{"data.tasks": [{"path": str(tmp / "x.csv"), "fields": {"prompt": "q"}}]})[1],
+            "--output", tmp / "o"]
+
+
 def _bench(*extra):
     def make(tmp):
         return ["bench", _files(tmp)[1], "--output", tmp / "o", "--quiet", *extra]
@@ -201,7 +237,31 @@ ERROR_CASES = [
      "/nope.txt, field 'replay.gere.source': general-text source not found"),
     ("data show -n -1", lambda tmp: ["data", "show", "first_word", "-n", "-1"], 2, "-n must be 0 or more"),
     ("data show --split bogus", lambda tmp: ["data", "show", "first_word", "--split", "bogus"], 2,
-     "--split must be 'train' or 'test'"),
+     "--split must be 'train', 'dev' or 'test'"),
+    # every task's splits are checked, whatever its source, before anything is written (issue 18: 2, 4, 5, 9)
+    ("preset: no label in labels.json", _preset("cl4", "CL_Benchmark", {"TC/agnews/train.json": [
+        {"sentence": "s", "label": "Nope"}, {"sentence": "t", "label": "-"}]}), 2,
+     "TC/agnews/train.json, field 'label': none of its 2 records has a label listed in labels.json"),
+    ("preset: train.json is []", _preset("cl4", "CL_Benchmark", {"TC/agnews/train.json": []}), 2,
+     "TC/agnews/train.json, field 'train': task 'agnews' has no train examples"),
+    ("preset: test.json is []", _preset("cl4", "CL_Benchmark", {"TC/yahoo/test.json": []}), 2,
+     "TC/yahoo/test.json, field 'test': task 'yahoo' has no test examples"),
+    ("bench, preset: test.json is []", _preset("cl4", "CL_Benchmark", {"TC/yahoo/test.json": []}, "bench"), 2,
+     "TC/yahoo/test.json, field 'test': task 'yahoo' has no test examples"),
+    ("preset: duplicate label", _preset("cl4", "CL_Benchmark", {"TC/agnews/labels.json": ["World", "Sports", "World"]}),
+     2, "TC/agnews/labels.json: duplicate label 'World'"),
+    ("preset: record numbers from 1", _preset("cl4", "CL_Benchmark", {"TC/agnews/test.json": [
+        {"sentence": "s", "label": "World"}, {"sentence": "t"}]}), 2,
+     "TC/agnews/test.json, field 'label': record 2: missing field"),
+    ("trace: null prompt", _preset("trace", "TRACE", {"FOMC/train.json": [{"prompt": None, "answer": "a"}]}), 2,
+     "FOMC/train.json, field 'prompt': record 1: must be a string, got NoneType None"),
+    ("trace: numeric answer", _preset("trace", "TRACE", {"Py150/test.json": [
+        {"prompt": "p", "answer": "a"}, {"prompt": "q", "answer": 7}]}), 2,
+     "Py150/test.json, field 'answer': record 2: must be a string, got int 7"),
+    ("save_to_disk with only a test split", _dataset_dict_only_test, 2,
+     "dd/dataset_dict.json, field 'splits': no 'train' split (the dataset has: test)"),
+    ("columns error does not echo the file", _csv_not_a_table, 2,
+     "column 'q' is not in the file (columns: 'root:$6$saltsalt...')"),
     ("unknown fields column", lambda tmp: ["run", _files(tmp, **{"data.tasks": [
         {"path": str(tmp / "mine.jsonl"), "fields": {"prompt": "question"}}]})[1], "--output", tmp / "o"], 2,
      "field 'fields.prompt': column 'question' is not in the file"),

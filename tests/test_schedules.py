@@ -23,7 +23,8 @@ def make_ctx(replay=None, steps=STEPS, seed=0, acc=None):
         toks = [np.arange(3 + k % 5, dtype=np.int64) for k in range(PER_TASK)]
         samples.append([Sample(t * 1000 + k, t, x, x.copy()) for k, x in enumerate(toks)])
         tasks.append(Task(f"t{t}", "generation", [Example(f"p{k}", "a") for k in range(PER_TASK)],
-                          [Example(f"q{t}-{k}", "b") for k in range(10)]))
+                          [Example(f"q{t}-{k}", "b") for k in range(10)],
+                          dev=[Example(f"d{t}-{k}", "b") for k in range(10)]))
     ctx = StrategyContext(config=cfg, stream=TaskStream(tasks, samples), seed=seed, counters=WorkCounters(),
                           steps_per_task=[steps] * N_TASKS, batch_size=BS)
     ctx.extras["clock"] = (0, 0)
@@ -123,7 +124,7 @@ def test_budget_met_within_5_percent(name, budget):
     for t in (1, 2):
         want = s.ctx.replay_budget(t)
         assert abs(volumes(rec, t).sum() - want) <= max(1, 0.05 * want), (t, want)
-        assert s.task_log[t]["replayed"] == volumes(rec, t).sum()
+        assert s.task_log[t]["replayed"] == volumes(rec, t).sum() == s.report()["budget"][t]["spent"]
 
 
 # ---- the retention-driven schedule -------------------------------------------------------------
@@ -158,15 +159,22 @@ def test_replay_sooner_when_replayed_losses_are_high():
     assert (bad == 2).all()  # k rises: one step of decay after a review already crosses the line
 
 
-def test_retention_budget_paced_to_the_task_end():
-    """Budgeted: exact total, replay in every quarter of the task, even when retention stays high."""
+def test_retention_budget_paced_by_the_ratio_without_end_flush():
+    """Budgeted: the allowance bucket paces replay into every quarter of the task, even when retention
+    stays high; nothing is flushed on the last step, so what is left in the bucket (less than one
+    event, ``cap``) is reported as underspend."""
     for line in (0.5, 1e-6):  # 1e-6: retention never "falls"; the bucket alone paces the budget
-        s = retention(budget=0.1, line=line, ratio_floor=0.1, half_life=30.0)
-        rec = drive(s, replay_loss=lambda t, i, sid: 0.0, tasks=[0, 1, 2])
-        for t in (1, 2):
-            v = volumes(rec, t)
-            assert v.sum() == s.ctx.replay_budget(t)
-            assert all(q.sum() > 0 for q in np.array_split(v, 4))
+        for budget in (0.1, 0.11):
+            s = retention(budget=budget, line=line, ratio_floor=0.1, half_life=30.0)
+            rec = drive(s, replay_loss=lambda t, i, sid: 0.0, tasks=[0, 1, 2])
+            for t in (1, 2):
+                v, b = volumes(rec, t), s.ctx.replay_budget(t)
+                assert all(q.sum() > 0 for q in np.array_split(v, 4))
+                led = s.report()["budget"][t]
+                assert led == {"task": t, "budget": b, "spent": int(v.sum()), "underspend": b - int(v.sum())}
+                assert 0 <= led["underspend"] < s.schedule.cap
+    # 106 = 13 full events of 8 + 2: the 2 stay unspent (the old rule replayed them on the last step)
+    assert s.ctx.replay_budget(2) == 106 and led["underspend"] == 2 and v[-1] == 0 and set(v[v > 0]) == {8}
 
 
 def test_retention_state_round_trip(tmp_path):
@@ -189,3 +197,34 @@ def test_retention_trace_recorded():
     tr = s.report()["retention"]
     assert len(tr["step"]) == 120 and tr["step"][0] == 121  # every step once the memory holds a task
     assert all(0 < m <= 1 for m in tr["mean"]) and tr["mean"][0] == 1.0
+
+
+# ---- one budget for a composite -----------------------------------------------------------------
+def test_composite_task_replay_parts_share_one_budget(tmp_path):
+    """uniform+mssr: each alone replays its whole budget; together they replay it once, not twice
+    (issue 18 item 6), with one ledger for the composite, and the sharing survives a restart."""
+    from forgetless.replay.compose import build_strategy
+
+    def both():
+        return build_strategy(make_ctx({"strategy": "uniform+mssr", "budget": 0.25}))
+
+    for name in ("uniform", "mssr"):
+        alone = REGISTRY[name](make_ctx({"strategy": name, "budget": 0.25}))
+        rec = drive(alone)
+        assert [volumes(rec, t).sum() for t in (1, 2)] == [120, 120]  # 0.25 x 60 steps x 8
+    c = both()
+    assert c.parts[0].budget is c.parts[1].budget is c.budget
+    rec = drive(c)
+    for t in (1, 2):
+        assert volumes(rec, t).sum() == 120
+        mine = [p.task_log[t]["replayed"] for p in c.parts]
+        assert all(mine) and sum(mine) == 120  # both parts replayed, within the one budget
+    assert c.report()["budget"][1:] == [{"task": t, "budget": 120, "spent": 120, "underspend": 0} for t in (1, 2)]
+
+    a = both()
+    drive(a, tasks=[0, 1])
+    save_state(a.state_dict(), tmp_path)
+    b = both()
+    b.load_state_dict(load_state(tmp_path))
+    assert b.parts[0].budget is b.parts[1].budget is b.budget and b.budget.ledger == a.budget.ledger
+    assert drive(a, tasks=[2], step=120) == drive(b, tasks=[2], step=120)

@@ -83,7 +83,7 @@ def test_builtin_suite_is_short(tokenizer):
     """Prompts <= 40 tokens and targets <= 8 tokens keep training and greedy evaluation fast."""
     from forgetless.data.builtin import BUILTIN, REAL_SUITE
 
-    s = load_stream(DataConfig(tasks=list(BUILTIN), n_train=200), seed=0)
+    s = load_stream(DataConfig(tasks=list(BUILTIN), n_train=200))
     for task in s.tasks:
         # the real-data suite holds real names (CLDR, ISO 3166-2), longer in the tiny tokenizer
         p_max, t_max = (56, 36) if task.name in REAL_SUITE else (40, 8)

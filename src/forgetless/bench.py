@@ -1,8 +1,8 @@
 """Many runs (strategies x seeds x task orders) on one stream -> a comparison table and plots.
 
 Each run is an ordinary run directory under ``<bench>/runs/``; finished runs are skipped, so a
-killed bench resumes where it stopped. Replaying strategies share one replay budget, so their
-accuracy is compared at equal replay volume.
+killed bench resumes where it stopped. Task-replay strategies draw from the same replay budget,
+so none replays more than another; what a strategy leaves unspent shows as spent/budget.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from forgetless.state import atomic_write_text
 # columns of the comparison: (key in a run summary, header, digits)
 COLUMNS = [
     ("ap", "AP", 3), ("learning_accuracy", "LA", 3), ("bwt", "BWT", 3), ("fwt", "FWT", 3), ("forgetting", "forget", 3),
-    ("ppl_end", "gen ppl", 1), ("probe_end", "probe", 3), ("hm_ga_ap", "HM(GA,AP)", 3), ("replay_tokens", "replay tok", 0),
+    ("ppl_end", "gen ppl", 1), ("probe_end", "probe", 3), ("hm_ga_ap", "HM(GA,AP)", 3),
+    ("replay_samples", "replay smp", 0), ("replay_tokens", "replay tok", 0), ("spent_share", "spent/budget", 2),
     ("extra_forward_tokens", "extra tok", 0), ("eval_tokens", "eval tok", 0),
     ("wall_s", "time s", 1), ("overhead", "× unif", 2),
 ]
-OPTIONAL = {"probe_end", "learning_accuracy"}  # shown only when some run has it (probe: data.general_probe)
+OPTIONAL = {"probe_end", "learning_accuracy", "spent_share"}  # shown only when some run has it (probe: data.general_probe)
 
 
 def run_name(strategy: str, seed: int, order: int, budget: float | None = None) -> str:
@@ -46,6 +47,14 @@ def task_order(n_tasks: int, order_index: int) -> list[int]:
             return p
 
 
+def spent_share(result: dict) -> float | None:
+    """Task replay spent / replay budget over the tasks that had a budget (None: no budget applied)."""
+    from forgetless.report import replay_volume
+
+    rows = [v for v in result.get("replay_volume") or replay_volume(result) if v["budget"]]
+    return sum(v["spent"] for v in rows) / sum(v["budget"] for v in rows) if rows else None
+
+
 def summarize(result: dict) -> dict:
     m, c = result["metrics"], result["counters"]
     ppl = result["general_ppl"]
@@ -59,7 +68,7 @@ def summarize(result: dict) -> dict:
         "task_start": result.get("baseline_acc"), "task_end": result["acc"][-1] if result.get("acc") else None,
         "task_own": [row[j] for j, row in enumerate(result["acc"])] if result.get("acc") else None,
         "hm_ga_ap": metrics.harmonic_mean(ga, m["ap"]) if ga is not None else None,
-        "replay_tokens": c["replay_tokens"], "replay_samples": c["replay_samples"],
+        "replay_tokens": c["replay_tokens"], "replay_samples": c["replay_samples"], "spent_share": spent_share(result),
         "extra_forward_tokens": c["extra_forward_tokens"], "eval_tokens": c["eval_tokens"],
         "wall_s": c["time_train_s"] + c["time_replay_bookkeeping_s"] + c["time_eval_s"],
     }
@@ -350,7 +359,9 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
           f"{', '.join(results[0]['tasks']) if results else '-'}; model `{cfg.model.name}`; " +
           (f"replay budgets {', '.join(f'{b:g}' for b in budgets)}." if budgets else
            f"replay budget {cfg.replay.budget if cfg.replay.budget is not None else 'unlimited'}."),
-          "Mean ± std over seeds and orders. Time ratios are within this one bench (same machine, same load).", "",
+          "Mean ± std over seeds and orders. Time ratios are within this one bench (same machine, same load). "
+          "replay smp / tok: samples and tokens replayed per run (general samples included); spent/budget: "
+          "task replay spent over `replay.budget` (below 1: underspend, never replayed later).", "",
           table_md(rows), ""]
     pairs = paired_md(summaries, strategies)
     if pairs:

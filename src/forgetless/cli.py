@@ -43,38 +43,37 @@ def _main(_: bool = typer.Option(False, "--version", callback=_version, is_eager
 
 
 @data_app.command("list")
-def data_list(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-              seed: int = typer.Option(0, help="Seed the tasks are generated with.")) -> None:
-    """Show the built-in tasks: name, kind, train/test counts, source."""
+def data_list(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Show the built-in tasks: name, kind, train/dev/test counts, source."""
     from forgetless.data.builtin import describe_tasks
 
-    rows = describe_tasks(seed=seed)
+    rows = describe_tasks()
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     table = Table(title="built-in tasks")
-    for col in ("name", "kind", "n_train", "n_test", "source"):
+    for col in ("name", "kind", "n_train", "n_dev", "n_test", "source"):
         table.add_column(col, justify="right" if col.startswith("n_") else "left")
     for r in rows:
-        table.add_row(r["name"], r["kind"], str(r["n_train"]), str(r["n_test"]), r["source"])
+        table.add_row(r["name"], r["kind"], str(r["n_train"]), str(r["n_dev"]), str(r["n_test"]), r["source"])
     console.print(table)
 
 
 @data_app.command("show")
 def data_show(task: str = typer.Argument(..., help="Built-in task name, or a task file path."),
               n: int = typer.Option(5, "-n", help="How many examples."),
-              split: str = typer.Option("train", help="train or test"),
-              seed: int = typer.Option(0)) -> None:
+              split: str = typer.Option("train", help="train, dev or test")) -> None:
     """Print examples of a task."""
     from forgetless.data import load_task
 
     if n < 0:
         raise InputError(f"-n must be 0 or more, got {n}")
-    if split not in ("train", "test"):
-        raise InputError(f"--split must be 'train' or 'test', got {split!r}")
-    t = load_task(task, seed=seed)
-    examples = t.train if split == "train" else t.test
-    console.print(Text.assemble((t.name, "bold"), f" ({t.kind}, {len(t.train)} train / {len(t.test)} test) — {t.source}"))
+    if split not in ("train", "dev", "test"):
+        raise InputError(f"--split must be 'train', 'dev' or 'test', got {split!r}")
+    t = load_task(task)
+    examples = getattr(t, split)
+    console.print(Text.assemble((t.name, "bold"), f" ({t.kind}, {len(t.train)} train / {len(t.dev)} dev / "
+                                                  f"{len(t.test)} test) — {t.source}"))
     for ex in examples[:n]:
         console.print(Text.assemble(("prompt:", "cyan"), f" {ex.prompt!r}"))
         if ex.choices is not None:

@@ -57,6 +57,8 @@ class TaskFileConfig(_Strict):
     kind: Literal["generation", "multiple_choice"] | None = None  # default: inferred from fields
     test_path: str | None = None  # default: split off test_fraction of the file
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    # share of the training records set aside as dev when the file has no dev split (by hash, like test)
+    dev_fraction: float = Field(0.1, ge=0, lt=1)
     fields: dict[str, str] = {}  # e.g. {"prompt": "question", "target": "answer"}
     metric: Metric | None = None  # default: exact_match (generation) or accuracy (multiple choice)
 
@@ -188,7 +190,7 @@ class LossTriggeredConfig(_Strict):
 
 class AccuracyTriggeredConfig(_Strict):
     every: int = Field(10, ge=1)  # evaluate the probe set every E steps
-    probe_size: int = Field(16, ge=1)  # held-out examples per earlier task
+    probe_size: int = Field(16, ge=1)  # dev examples per earlier task (never test)
     delta: float = Field(0.05, ge=0)
     window: int = Field(10, ge=1)  # replay for the next W steps after a drop
     ratio: float = Field(1.0, gt=0)

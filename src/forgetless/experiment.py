@@ -154,7 +154,7 @@ class Run:
             raise InputError("train.batch_size must be at least the number of processes")
         check_writable(self.run_dir)
         check_source(cfg.replay.gere.source, ["+".join(cfg.replay.strategies)])
-        self.stream = load_stream(cfg.data, cfg.seed)
+        self.stream = load_stream(cfg.data)
         bad = sorted(set(cfg.eval.general_stages or []) - set(range(len(self.stream) + 1)))
         if bad:
             raise InputError(f"stages {bad} do not exist (0: start, 1..{len(self.stream)}: after each task)",
@@ -170,7 +170,7 @@ class Run:
                   f"{cfg.data.max_length} tokens", file=sys.stderr)
         self.steps = [steps_for_task(cfg.train, len(s)) for s in self.stream.samples]
         self.general = general_texts("heldout")[: cfg.data.general_texts] if cfg.data.general_texts else []
-        self.probe = knowledge_probe(cfg.seed, cfg.data.general_probe) if cfg.data.general_probe else None
+        self.probe = knowledge_probe(cfg.data.general_probe) if cfg.data.general_probe else None
         self.probe_acc: list[float | None] = []  # per stage
         self.counters = WorkCounters()
         self.ctx = StrategyContext(
@@ -438,7 +438,7 @@ class Run:
 
     def _finish(self) -> dict:
         from forgetless import metrics
-        from forgetless.report import write_outputs
+        from forgetless.report import replay_volume, write_outputs
 
         acc = np.asarray(self.acc_rows, dtype=float)
         base = np.asarray(self.baseline, dtype=float)
@@ -471,6 +471,7 @@ class Run:
             "chat_template": self.chat,
             "versions": _versions(),
         }
+        result["replay_volume"] = replay_volume(result)  # per task and quarter, with the budget's ledger
         self.tracking.final(result, self.global_step)
         if self.accelerator.is_main_process:
             write_outputs(self.run_dir, result)

@@ -66,6 +66,14 @@ def report_md(result: dict) -> str:
         out += ["", "## General ability (lm-evaluation-harness)", "",
                 "| stage | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         out += [f"| {g['stage']} | " + " | ".join(_fmt(g["scores"].get(k)) for k in keys) + " |" for g in general]
+    out += ["", "## Replay per quarter of each task", "",
+            "Samples / tokens replayed in each quarter of the task's steps (all replay, general samples "
+            "included); budget, spent and underspend of the task-replay budget (`replay.budget`, samples).", "",
+            "| task | budget | spent | underspend | Q1 | Q2 | Q3 | Q4 |", "|---|---|---|---|---|---|---|---|"]
+    for v in result.get("replay_volume") or replay_volume(result):
+        tok = v["tokens"] or [None] * 4
+        out.append(f"| {v['task']} | {_fmt(v['budget'])} | {_fmt(v['spent'])} | {_fmt(v['underspend'])} | "
+                   + " | ".join(f"{n:,} / {_fmt(k if k is None else f'{k:,}')}" for n, k in zip(v["samples"], tok)) + " |")
     out += ["", "## Work", "", "| counter | value |", "|---|---|"]
     out += [f"| {k} | {_fmt(v, 2)} |" for k, v in c.items()]
     out += ["", f"Replay events: {len(result['replay_events'])}.", "",
@@ -73,6 +81,33 @@ def report_md(result: dict) -> str:
     if retention_trace(result) is not None:
         out += ["![predicted retention](plots/retention.png)", ""]
     return "\n".join(out)
+
+
+def replay_volume(result: dict) -> list[dict]:
+    """Per task: samples and tokens replayed in each quarter of its steps (from the replay events,
+    so every kind of replay counts, GeRe's general samples included) and the task-replay budget's
+    ledger entry (budget, spent, underspend; None where no budget applies). Tokens are None for
+    events recorded before they carried ``n_tokens``."""
+    steps = list(result.get("steps_per_task") or [])
+    starts = np.concatenate([[0], np.cumsum(steps)]).astype(int)
+    ledger = {e["task"]: e for e in (result.get("replay_report") or {}).get("budget") or []}
+    rows = []
+    for t, name in enumerate(result["tasks"][: len(steps)]):
+        e = ledger.get(t, {})
+        rows.append({"task": name, "budget": e.get("budget"), "spent": e.get("spent"),
+                     "underspend": e.get("underspend"), "samples": [0] * 4, "tokens": [0] * 4})
+    for ev in result["replay_events"]:
+        t = ev["task"]
+        if t >= len(rows) or not steps[t]:
+            continue
+        q = min(3, 4 * (int(ev["step"]) - int(starts[t]) - 1) // steps[t])  # steps count from 1
+        r = rows[t]
+        r["samples"][q] += ev["n_samples"]
+        if "n_tokens" not in ev:
+            r["tokens"] = None
+        elif r["tokens"] is not None:
+            r["tokens"][q] += ev["n_tokens"]
+    return rows
 
 
 def retention_trace(result: dict) -> dict | None:

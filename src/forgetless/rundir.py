@@ -42,7 +42,7 @@ def config_fingerprint(cfg: Config) -> str:
 def task_fingerprint(task) -> str:
     """The examples after loading (caps and order applied), so an edited task file is noticed."""
     h = hashlib.sha256(json.dumps([task.name, task.kind]).encode())
-    for split in (task.train, task.test):
+    for split in (task.train, task.dev, task.test):
         h.update(b"\x00split")
         for ex in split:
             h.update(json.dumps([ex.prompt, ex.target, ex.choices, ex.answer]).encode())
@@ -111,7 +111,7 @@ def check_same_run(cfg: Config, run_dir: Path, stream=None) -> None:
     from forgetless.data import load_stream
 
     check_config(cfg, run_dir)
-    check_data(stream if stream is not None else load_stream(cfg.data, cfg.seed), run_dir)
+    check_data(stream if stream is not None else load_stream(cfg.data), run_dir)
 
 
 class RunLock:

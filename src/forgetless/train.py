@@ -146,7 +146,8 @@ class TaskLoop:
             t1 = time.perf_counter()
             self.lr_factor = float(sched.get_last_lr()[0]) / self.cfg.lr
             if replay:
-                self.replay_events.append({"step": global_step, "task": task_index, "n_samples": len(replay)})
+                self.replay_events.append({"step": global_step, "task": task_index, "n_samples": len(replay),
+                                           "n_tokens": sum(s.n_tokens for s in replay)})
             log = self._train_step(merged, opt, sched)
             t2 = time.perf_counter()
             self.strategy.observe(log["ids"], log["losses"], global_step)

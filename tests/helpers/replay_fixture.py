@@ -47,8 +47,77 @@ def config(preset: str, budget: float | None):
     return from_dict(raw)
 
 
+class SplitSpy(list):
+    """A test split that records where it is read from while ``armed`` (training, not scoring)."""
+
+    armed = False
+    reads: list[str] = []  # while armed: the innermost forgetless frame that read it
+    scored = 0  # reads while not armed (the stage evaluations): proves the spy is in place
+
+    def _note(self):
+        if not SplitSpy.armed:
+            SplitSpy.scored += 1
+            return
+        import traceback
+
+        frames = [f for f in traceback.extract_stack()[:-2] if "/forgetless/" in f.filename]
+        SplitSpy.reads.append(f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}" if frames else "?")
+
+    def __getitem__(self, i):
+        self._note()
+        return super().__getitem__(i)
+
+    def __iter__(self):
+        self._note()
+        return super().__iter__()
+
+    def __len__(self):
+        self._note()
+        return super().__len__()
+
+
+def spy_on_test_splits():
+    """Wrap every test split of the next runs in a SplitSpy, armed from the end of set-up to the end
+    of the last stage except while a stage is scored. Returns the function that undoes it."""
+    import forgetless.data
+    from forgetless import experiment
+
+    load, saved = forgetless.data.load_stream, {}
+
+    def spied(cfg):
+        stream = load(cfg)
+        for t in stream.tasks:
+            t.test = SplitSpy(t.test)
+        return stream
+
+    def phase(name, during, after):
+        inner = saved[name] = getattr(experiment.Run, name)
+
+        def outer(self, *a, **k):
+            SplitSpy.armed = during
+            try:
+                return inner(self, *a, **k)
+            finally:
+                SplitSpy.armed = after
+        setattr(experiment.Run, name, outer)
+
+    forgetless.data.load_stream = spied
+    phase("_setup", False, True)
+    phase("_evaluate_stage", False, True)
+    phase("_finish", False, False)
+    SplitSpy.reads, SplitSpy.scored = [], 0
+
+    def undo():
+        forgetless.data.load_stream = load
+        for name, fn in saved.items():
+            setattr(experiment.Run, name, fn)
+        SplitSpy.armed = False
+    return undo
+
+
 def record(preset: str, budget: float | None, out_dir) -> dict:
-    """Run one short experiment and return what the fixture stores."""
+    """Run one short experiment and return what the fixture stores, plus ``test_reads``: where a
+    test example was read while training (nothing that takes a training decision may read test)."""
     from forgetless import experiment
     from forgetless.replay import compose
 
@@ -69,13 +138,16 @@ def record(preset: str, budget: float | None, out_dir) -> dict:
         return strat
 
     compose.build_strategy = recording_build
+    undo = spy_on_test_splits()
     try:
         res = experiment.run(config(preset, budget), out_dir, progress=False)
     finally:
         compose.build_strategy = build
+        undo()
+    assert SplitSpy.scored > 0  # the spy saw the stage evaluations: it was in place
     return {"acc": res["acc"], "baseline_acc": res["baseline_acc"],
             "events": [[e["step"], e["task"], e["n_samples"]] for e in res["replay_events"]],
-            "replayed_ids": ids, "replay_tokens": res["counters"]["replay_tokens"]}
+            "replayed_ids": ids, "replay_tokens": res["counters"]["replay_tokens"], "test_reads": SplitSpy.reads}
 
 
 def key(preset: str, budget: float | None) -> str:
@@ -92,6 +164,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for p, b in CASES:
             out[key(p, b)] = record(p, b, d)
+            assert not out[key(p, b)].pop("test_reads")
             print(key(p, b), "events", len(out[key(p, b)]["events"]), file=sys.stderr)
     FIXTURE.write_text(json.dumps(out, indent=None, separators=(",", ":")) + "\n")
 

@@ -5,39 +5,43 @@ from __future__ import annotations
 from pathlib import Path
 
 from forgetless.config import DataConfig, TaskFileConfig
-from forgetless.data.task import KINDS, Example, Sample, Task, TaskStream
+from forgetless.data.task import KINDS, Example, Sample, Task, TaskStream, check_splits
 from forgetless.errors import InputError
 from forgetless.scoring import metric_for
 
 __all__ = ["KINDS", "Example", "Sample", "Task", "TaskStream", "load_task", "load_stream"]
 
 
-def load_task(spec: str | TaskFileConfig, seed: int = 0) -> Task:
-    """A built-in task name, a task file path, or a TaskFileConfig."""
+def load_task(spec: str | TaskFileConfig) -> Task:
+    """A built-in task name, a task file path, or a TaskFileConfig. Its splits are fixed by its data
+    (data.task.split_by_hash): the run's seed never changes them."""
     from forgetless.data.builtin import BUILTIN, build_builtin
     from forgetless.data.loaders import load_task_file
 
     if isinstance(spec, TaskFileConfig):
-        return load_task_file(spec, seed)
+        return load_task_file(spec)
     if spec in BUILTIN:
-        return build_builtin(spec, seed)
+        return build_builtin(spec)
     if Path(spec).exists():
-        return load_task_file(TaskFileConfig(path=spec), seed)
+        return load_task_file(TaskFileConfig(path=spec))
     raise InputError(f"{spec!r} is neither a built-in task ({', '.join(BUILTIN)}) nor an existing file",
                      field="data.tasks")
 
 
-def load_stream(data_cfg: DataConfig, seed: int) -> TaskStream:
+def load_stream(data_cfg: DataConfig) -> TaskStream:
     """Tasks in training order, capped at ``n_train`` / ``n_test`` examples each, each with the
-    metric it is scored by (``data.metrics``, else the task's own, else its kind's default)."""
+    metric it is scored by (``data.metrics``, else the task's own, else its kind's default).
+    Every task's splits are checked here, whatever its source, before a run writes anything."""
     if data_cfg.benchmark is not None:
         from forgetless.data.benchmarks import load_benchmark
 
         tasks = load_benchmark(data_cfg.benchmark, data_cfg.benchmark_dir, data_cfg.benchmark_order)
     else:
-        tasks = [load_task(s, seed) for s in data_cfg.tasks]
+        tasks = [load_task(s) for s in data_cfg.tasks]
     if not tasks:
         raise InputError("no tasks given", field="data.tasks")
+    for t in tasks:
+        check_splits(t)
     names = [t.name for t in tasks]
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:

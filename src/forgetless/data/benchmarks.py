@@ -15,6 +15,12 @@ orders; it reads only files (forgetless never downloads). Layouts, sources and o
   ``<dir>/<task>/{train,dev,test}.json``, each a SuperNI task JSON (``Definition``,
   ``Instances`` of ``{"id", "input", "output": [...]}``); generation scored by ROUGE-L, the best
   over an instance's outputs (trained on the first).
+
+Every preset task is tested on its published test file (``dev.json`` / ``eval.json`` where a
+release has no ``test.json``); its dev split is carved from its training file by hash
+(``data.task.split_by_hash``), so it never shares an example with test and never moves with the
+seed. Records are strict: a field that is null, a number or missing is an error naming the file,
+the record (from 1) and the field.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from forgetless.data.task import Example, Task
+from forgetless.config import TaskFileConfig
+from forgetless.data.task import Example, Task, split_by_hash
 from forgetless.errors import InputError
 
 OLORA_URL = "https://github.com/cmnfriend/O-LoRA (folder CL_Benchmark)"
@@ -106,23 +113,39 @@ def _read_json(path: Path, hint: str):
         raise InputError(f"malformed JSON ({e.msg})", file=str(path), line=e.lineno) from None
 
 
+def _string(value, path: Path, i: int, field: str, what: str = "record") -> str:
+    """A text field of record ``i`` (1-based): a string, never a null or a number made into one."""
+    if not isinstance(value, str):
+        raise InputError(f"{what} {i}: must be a string, got {type(value).__name__} {value!r}", file=str(path),
+                         field=field)
+    return value
+
+
 def _records(path: Path, hint: str, keys: tuple[str, ...]) -> list[dict]:
+    """The records of a preset file; every one of ``keys`` present and a string."""
     data = _read_json(path, hint)
     if not isinstance(data, list):
         raise InputError("must hold a JSON list of records", file=str(path))
-    for i, rec in enumerate(data):
-        missing = [k for k in keys if not isinstance(rec, dict) or k not in rec]
-        if missing:
-            raise InputError(f"record {i}: missing field", file=str(path), field=missing[0])
+    for i, rec in enumerate(data, 1):
+        if not isinstance(rec, dict):
+            raise InputError(f"record {i}: must be an object, got {type(rec).__name__}", file=str(path))
+        for k in keys:
+            if k not in rec:
+                raise InputError(f"record {i}: missing field", file=str(path), field=k)
+            _string(rec[k], path, i, k)
     return data
 
 
-def _split(folder: Path, names: tuple[str, ...], hint: str) -> Path:
-    """The first existing file among ``names`` (e.g. test.json, then dev.json)."""
-    for n in names:
-        if (folder / n).is_file():
-            return folder / n
-    return folder / names[0]  # missing: reported by the reader with the hint
+def _task(name: str, kind: str, folder: Path, examples, test_names: tuple[str, ...], metric: str) -> Task:
+    """A preset task: train.json, the first of ``test_names`` present as test (the first named when
+    none is: its reader reports it), and dev carved from train by hash."""
+    train_file = folder / "train.json"
+    test_file = next((folder / n for n in test_names if (folder / n).is_file()), folder / test_names[0])
+    train = examples(train_file)
+    n_dev = round(len(train) * TaskFileConfig.model_fields["dev_fraction"].default)
+    train, dev, _ = split_by_hash(train, min(n_dev, max(len(train) - 1, 0)), 0)
+    return Task(name=name, kind=kind, train=train, test=examples(test_file), dev=dev, source=str(folder),
+                metric=metric, files={"train": str(train_file), "dev": str(train_file), "test": str(test_file)})
 
 
 def _olora_task(root: Path, name: str) -> Task:
@@ -132,6 +155,9 @@ def _olora_task(root: Path, name: str) -> Task:
     labels = _read_json(folder / "labels.json", hint)
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise InputError("must be a JSON list of label strings", file=str(folder / "labels.json"))
+    dup = next((x for i, x in enumerate(labels) if x in labels[:i]), None)
+    if dup is not None:
+        raise InputError(f"duplicate label {dup!r}", file=str(folder / "labels.json"))
     head = f"Task:{group}\nDataset:{ds}\n"
     if group == "COPA":
         template = head + "{0}\nAnswer:"
@@ -140,16 +166,16 @@ def _olora_task(root: Path, name: str) -> Task:
     choices = tuple(labels)
 
     def examples(path: Path) -> list[Example]:
-        out = []
-        for rec in _records(path, hint, ("sentence", "label")):
-            if rec["label"] in choices:  # MNLI has a few '-' records outside labels.json: skipped
-                out.append(Example(prompt=template.format(rec["sentence"]), target=rec["label"],
-                                   choices=choices, answer=choices.index(rec["label"])))
+        records = _records(path, hint, ("sentence", "label"))
+        out = [Example(prompt=template.format(rec["sentence"]), target=rec["label"], choices=choices,
+                       answer=choices.index(rec["label"]))
+               for rec in records if rec["label"] in choices]  # MNLI has a few '-' records outside labels.json
+        if records and not out:
+            raise InputError(f"none of its {len(records)} records has a label listed in labels.json", file=str(path),
+                             field="label")
         return out
 
-    train = examples(folder / "train.json")
-    test = examples(_split(folder, ("test.json", "dev.json"), hint))
-    return Task(name=name, kind="multiple_choice", train=train, test=test, source=str(folder), metric="accuracy")
+    return _task(name, "multiple_choice", folder, examples, ("test.json", "dev.json"), "accuracy")
 
 
 def _trace_task(root: Path, name: str) -> Task:
@@ -157,12 +183,9 @@ def _trace_task(root: Path, name: str) -> Task:
     hint = f"TRACE's layout <dir>/{name}/{{train,test}}.json of {{prompt, answer}} records, from {TRACE_URL}"
 
     def examples(path: Path) -> list[Example]:
-        return [Example(prompt=str(r["prompt"]), target=str(r["answer"]))
-                for r in _records(path, hint, ("prompt", "answer"))]
+        return [Example(prompt=r["prompt"], target=r["answer"]) for r in _records(path, hint, ("prompt", "answer"))]
 
-    return Task(name=name, kind="generation", train=examples(folder / "train.json"),
-                test=examples(_split(folder, ("test.json", "eval.json"), hint)), source=str(folder),
-                metric=TRACE_METRICS[name])
+    return _task(name, "generation", folder, examples, ("test.json", "eval.json"), TRACE_METRICS[name])
 
 
 def _superni_task(root: Path, name: str) -> Task:
@@ -176,19 +199,20 @@ def _superni_task(root: Path, name: str) -> Task:
         definition = data.get("Definition") or [""]
         definition = definition[0] if isinstance(definition, list) else str(definition)
         out = []
-        for i, inst in enumerate(data["Instances"]):
+        for i, inst in enumerate(data["Instances"], 1):
             outputs = inst.get("output") if isinstance(inst, dict) else None
             if not isinstance(outputs, list) or not outputs or "input" not in inst:
-                raise InputError(f"Instances[{i}]: needs 'input' and a non-empty 'output' list", file=str(path))
+                raise InputError(f"instance {i}: needs 'input' and a non-empty 'output' list", file=str(path),
+                                 field="Instances")
+            text = _string(inst["input"], path, i, "input", "instance")
             # SuperNI's own encoding (Wang et al. 2022): definition, then the instance
             prompt = (f"Definition: {definition.strip()}\n\nNow complete the following example -\n"
-                      f"Input: {str(inst['input']).strip()}\nOutput: ")
-            refs = tuple(str(o).strip() for o in outputs)
+                      f"Input: {text.strip()}\nOutput: ")
+            refs = tuple(_string(o, path, i, "output", "instance").strip() for o in outputs)
             out.append(Example(prompt=prompt, target=refs[0], references=refs[1:]))
         return out
 
-    return Task(name=name, kind="generation", train=examples(folder / "train.json"),
-                test=examples(_split(folder, ("test.json", "dev.json"), hint)), source=str(folder), metric="rouge_l")
+    return _task(name, "generation", folder, examples, ("test.json", "dev.json"), "rouge_l")
 
 
 _LOADERS = {"cl5": _olora_task, "cl4": _olora_task, "long15": _olora_task, "trace": _trace_task,

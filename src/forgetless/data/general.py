@@ -168,16 +168,17 @@ PROBE_FORMS = {
 }
 
 
-def knowledge_probe(seed: int = 0, n: int | None = None, form: Literal["qa", "cloze"] = "qa") -> "Task":
+def knowledge_probe(n: int | None = None, form: Literal["qa", "cloze"] = "qa") -> "Task":
     """General knowledge a pretrained model has and fine-tuning can erode, scored like a
     multiple-choice task: the main currency and the most spoken official language of each country
     in Unicode CLDR (``babel``), four options each, in English. No built-in task trains on these
-    questions. ``n`` caps the questions (a seeded sample; default all, about 480).
+    questions. ``n`` caps the questions (a fixed sample; default all, about 480). Like every test
+    set it does not depend on the run's seed.
 
     ``form``: ``qa`` asks "What is the currency of X? Answer:", the format the built-in tasks
     train, so it also rewards learning that format; ``cloze`` scores the same facts and options
     as a sentence ("The currency of X is the"), which no task trains (benchmarks/probe_forms.py).
-    Both forms draw the same questions, options and order for a seed."""
+    Both forms draw the same questions, options and order."""
     if form not in PROBE_FORMS:
         raise ValueError(f"form must be 'qa' or 'cloze', got {form!r}")
     from babel import Locale
@@ -188,7 +189,7 @@ def knowledge_probe(seed: int = 0, n: int | None = None, form: Literal["qa", "cl
     from forgetless.data.task import Task
 
     en = Locale("en")
-    rng = rng_for("knowledge_probe", seed)
+    rng = rng_for("knowledge_probe")
     facts: list[tuple[str, str, str]] = []  # (question, answer, kind)
     for code, country in sorted(en.territories.items()):
         if code.isdigit() or code in ("ZZ", "EU", "EZ", "UN", "QO", "XA", "XB"):

@@ -14,12 +14,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
 from pathlib import Path
 from typing import Any, Iterator
 
 from forgetless.config import TaskFileConfig
-from forgetless.data.task import Example, Task
+from forgetless.data.task import Example, Task, split_by_hash
 from forgetless.errors import InputError, read_text
 
 Record = tuple[int | None, dict]  # (1-based line for JSONL/CSV, else None; the record)
@@ -162,8 +161,16 @@ def check_fields(records: list[Record], fields: dict[str, str], file: str) -> No
     columns = set().union(*(rec.keys() for _, rec in records))
     for ours, theirs in fields.items():
         if theirs not in columns:
-            raise InputError(f"column {theirs!r} is not in the file (columns: {', '.join(sorted(map(str, columns)))})",
+            raise InputError(f"column {theirs!r} is not in the file (columns: {column_names(columns)})",
                              file=file, field=f"fields.{ours}")
+
+
+def column_names(columns, most: int = 8, width: int = 16) -> str:
+    """Column names for an error, each cut to ``width`` characters and at most ``most`` of them:
+    a file that is not a table (a CSV header that is really a line of data) is not echoed."""
+    names = sorted(map(str, columns))
+    shown = [repr(c if len(c) <= width else c[:width] + "...") for c in names[:most]]
+    return ", ".join(shown) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _rename(rec: dict, fields: dict[str, str]) -> dict:
@@ -263,41 +270,52 @@ def _examples(records: list[Record], kind: str, file: str, fields: dict[str, str
     return [to_example(_rename(rec, fields), kind, file, line, i) for i, (line, rec) in enumerate(records, 1)]
 
 
-def load_task_file(cfg: TaskFileConfig, seed: int = 0) -> Task:
-    """A user task. Without ``test_path`` (or a test split in a saved DatasetDict), a
-    ``test_fraction`` of the shuffled records (shuffled with ``seed``) is held out."""
+def _counts(n: int, dev_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(n_dev, n_test) carved from ``n`` records; at least one test example (when ``test_fraction``
+    > 0) and one training example stay."""
+    n_test = min(n - 1, max(1, round(n * test_fraction))) if test_fraction else 0
+    return min(n - 1 - n_test, round(n * dev_fraction)), n_test
+
+
+def load_task_file(cfg: TaskFileConfig) -> Task:
+    """A user task. Splits come from the file when it has them (a saved DatasetDict's ``train``,
+    ``validation``, ``test``; ``test_path``); the missing ones are carved from the training records
+    by hash (data.task.split_by_hash): ``test_fraction`` to test, ``dev_fraction`` to dev."""
     path = Path(cfg.path)
     file = str(path)
     splits = read_splits(path)
-    test_records: list[Record] | None = None
+    files = {"train": file, "dev": file, "test": file}
+    given: dict[str, list[Record]] = {}  # the splits the file has, by our names
     if "all" in splits:
         records = splits["all"]
     else:
-        train_name = "train" if "train" in splits else next(iter(splits), None)
-        if train_name is None:
-            raise InputError("the dataset has no splits", file=file)
-        records = splits[train_name]
-        test_name = next((s for s in ("test", "validation") if s in splits and s != train_name), None)
-        if test_name is not None:
-            test_records = splits[test_name]
+        if "train" not in splits:
+            raise InputError(f"no 'train' split (the dataset has: {', '.join(splits) or 'none'})",
+                             file=str(path / "dataset_dict.json"), field="splits")
+        records = splits["train"]
+        files["train"] = str(path / "train")
+        test_name = next((s for s in ("test", "validation") if s in splits), None)
+        for ours, theirs in (("test", test_name), ("dev", "validation" if test_name == "test" else None)):
+            if theirs in splits:
+                given[ours], files[ours] = splits[theirs], str(path / theirs)
     if not records:
-        raise InputError("empty task: no examples", file=file)
+        raise InputError("empty task: no examples", file=files["train"])
     kind = cfg.kind or infer_kind(_rename(records[0][1], cfg.fields))
-    train = _examples(records, kind, file, cfg.fields)
-    rng = random.Random(seed)
-    rng.shuffle(train)
+    train = _examples(records, kind, files["train"], cfg.fields)
     if cfg.test_path is not None:
         tsplits = read_splits(cfg.test_path)
-        test_records = tsplits.get("test") or tsplits.get("all") or next(iter(tsplits.values()), [])
-        if not test_records:
+        given["test"] = tsplits.get("test") or tsplits.get("all") or next(iter(tsplits.values()), [])
+        files["test"] = cfg.test_path
+        if not given["test"]:
             raise InputError("empty test file: no examples", file=cfg.test_path)
-        test = _examples(test_records, kind, cfg.test_path, cfg.fields)
-    elif test_records is not None:
-        test = _examples(test_records, kind, file, cfg.fields)
-    else:
-        if len(train) < 2:
-            raise InputError("need at least 2 examples to split off a test set (or give test_path)", file=file)
-        n_test = min(len(train) - 1, max(1, round(len(train) * cfg.test_fraction)))
-        train, test = train[n_test:], train[:n_test]
+    if "test" not in given and len(train) < 2:
+        raise InputError("need at least 2 examples to split off a test set (or give test_path)", file=file)
+    n_dev, n_test = _counts(len(train), 0 if "dev" in given else cfg.dev_fraction,
+                            0 if "test" in given else cfg.test_fraction)
+    train, dev, test = split_by_hash(train, n_dev, n_test)
+    if "dev" in given:
+        dev = _examples(given["dev"], kind, files["dev"], cfg.fields)
+    if "test" in given:
+        test = _examples(given["test"], kind, files["test"], cfg.fields)
     name = cfg.name or (path.name if path.is_dir() else path.stem)
-    return Task(name=name, kind=kind, train=train, test=test, source=file, metric=cfg.metric)
+    return Task(name=name, kind=kind, train=train, test=test, dev=dev, source=file, metric=cfg.metric, files=files)

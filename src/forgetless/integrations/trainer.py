@@ -164,10 +164,10 @@ class ReplayMixin:
         offset = 0
         for t, spec in enumerate(specs):
             if isinstance(spec, (str, os.PathLike)):
-                spec = load_task(str(spec), cfg.seed)
+                spec = load_task(str(spec))
             if isinstance(spec, Task):
                 task = Task(spec.name, spec.kind, spec.train[: cfg.data.n_train], spec.test[: cfg.data.n_test],
-                            spec.source)
+                            spec.source, dev=spec.dev)
                 samples = tokenize_stream(TaskStream(tasks=[task]), self.processing_class, cfg.data.max_length,
                                           cfg.data.prompt_template, self._chat).samples[0]
             else:
@@ -212,7 +212,7 @@ class ReplayMixin:
             ids = np.asarray(row["input_ids"], dtype=np.int64)
             labels = np.asarray(row["labels"], dtype=np.int64) if row.get("labels") is not None else ids.copy()
             if labels.shape != ids.shape:
-                raise InputError(f"task '{name}', row {i}: labels and input_ids differ in length", field="labels")
+                raise InputError(f"task '{name}', row {i + 1}: labels and input_ids differ in length", field="labels")
             out.append(Sample(sample_id=i, task_id=0, input_ids=ids, labels=labels))
         return out
 
@@ -221,14 +221,14 @@ class ReplayMixin:
         from forgetless.data.loaders import infer_kind, to_example
 
         if isinstance(spec, (str, os.PathLike)):
-            spec = load_task(str(spec), self.fl_config.seed)
+            spec = load_task(str(spec))
         if isinstance(spec, Task):
             return spec.kind, list(spec.test[: self.fl_config.data.n_test])
         records = [dict(r) for r in spec]
         if not records:
             raise InputError(f"task '{name}': empty eval set", field="eval_tasks")
         kind = infer_kind(records[0])
-        examples = [to_example(r, kind, f"eval_tasks[{name}]", None, i) for i, r in enumerate(records)]
+        examples = [to_example(r, kind, f"eval_tasks[{name}]", None, i) for i, r in enumerate(records, 1)]
         return kind, examples[: self.fl_config.data.n_test]
 
     def train_stream(self, tasks, eval_tasks=None, resume_from_checkpoint: str | bool | None = None, **kwargs):
@@ -277,7 +277,8 @@ class ReplayMixin:
                                            self.batch_size, self._rng)
         self._lr_factor = float(self._get_learning_rate()) / self.args.learning_rate
         if replay:
-            self.replay_events.append({"step": step, "task": t, "n_samples": len(replay)})
+            self.replay_events.append({"step": step, "task": t, "n_samples": len(replay),
+                                       "n_tokens": sum(s.n_tokens for s in replay)})
         c = self.counters
         c.new_task_tokens += sum(s.n_tokens for s in new)
         c.replay_tokens += sum(s.n_tokens for s in replay)
@@ -428,6 +429,10 @@ class ReplayMixin:
             out["metrics_so_far"] = to_jsonable(metrics.compute(a, np.asarray(self.baseline)[:k]))
             if k == len(names):
                 out["metrics"] = out["metrics_so_far"]
+        from forgetless.report import replay_volume
+
+        out["replay_report"] = self.strategy.report() if hasattr(self.strategy, "report") else {}
+        out["replay_volume"] = replay_volume(out)  # per task and quarter, with the budget's ledger
         return out
 
     def _write_results(self, result: dict, final: bool) -> None:

@@ -5,7 +5,6 @@ The loop (train.py) owns the steps; a strategy only answers at fixed points. See
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
@@ -142,57 +141,54 @@ class BaseStrategy:
         pass
 
 
-class Carry:
-    """Rounds a fractional per-call volume so the running total stays floor(sum of rates)."""
+class ReplayBudget:
+    """The one replay budget (``replay.budget``) every task-replay schedule goes through.
 
-    def __init__(self) -> None:
-        self.target = 0.0
-        self.given = 0
-
-    def take(self, rate: float) -> int:
-        self.target += rate
-        n = max(0, math.floor(self.target + 1e-6) - self.given)  # 1e-6: float sums of 0.1s stay exact
-        self.given += n
-        return n
-
-    def state_dict(self) -> dict:
-        return {"target": self.target, "given": self.given}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.target, self.given = float(d["target"]), int(d["given"])
-
-
-class BudgetPacer:
-    """Caps one task's replay at its budget and spends what is left before the task ends.
-
-    Strategies that decide *when* to replay by themselves (triggers) ask ``grant(wanted)`` each
-    step; the pacer gives at most what remains, and when the remaining budget no longer fits in the
-    remaining steps at ``cap`` samples per step it grants more, so a run ends within one step's
-    rounding of the budget instead of under-spending.
+    A schedule asks for a volume and ``grant`` gives at most what remains of the current task's
+    budget; it never adds anything. How a schedule spreads its budget over a task (evenly, at
+    expanding gaps, on triggers) is the schedule's own rule. What a task leaves unspent is its
+    underspend, kept in ``ledger`` at the task's end: reported, never replayed later. A composite
+    of several task-replay strategies gives them one budget object, so together they stay
+    within one budget. GeRe's general replay, ``none`` and ``joint`` are outside it.
     """
 
-    def __init__(self, total: int | None, steps: int, cap: int):
-        self.total, self.steps, self.cap = total, steps, max(1, cap)
+    def __init__(self) -> None:
+        self.task = -1  # the open task (-1: none)
+        self.total: int | None = None  # this task's budget in samples (None: unlimited)
         self.spent = 0
-        self.step = 0
+        self.ledger: list[dict] = []  # per finished task: budget, spent, underspend
+
+    def open(self, ctx: StrategyContext, task_index: int) -> None:
+        """Start a task; a second call for the open task (another part of a composite) is a no-op."""
+        if task_index == self.task:
+            return
+        b, spt = ctx.config.replay.budget, ctx.steps_per_task
+        known = b is None or b >= 1 or task_index < len(spt)  # a fraction needs the task's length
+        self.task, self.spent = int(task_index), 0
+        self.total = ctx.replay_budget(task_index) if known else None
 
     def grant(self, wanted: int) -> int:
-        self.step += 1
-        if self.total is None:
-            return max(0, wanted)
-        remaining = self.total - self.spent
-        steps_left = self.steps - self.step  # after this one
-        must = max(0, remaining - steps_left * self.cap)
-        n = int(min(remaining, max(wanted, must)))
-        self.spent += max(0, n)
-        return max(0, n)
+        n = max(0, int(wanted))
+        if self.total is not None:
+            n = min(n, self.total - self.spent)
+        self.spent += n
+        return n
+
+    def close(self, task_index: int) -> None:
+        """End the open task: one ledger entry per task, however many parts share the budget."""
+        if task_index != self.task:
+            return
+        under = None if self.total is None else self.total - self.spent
+        self.ledger.append({"task": int(task_index), "budget": self.total, "spent": self.spent, "underspend": under})
+        self.task = -1
 
     def state_dict(self) -> dict:
-        return {"total": self.total, "steps": self.steps, "cap": self.cap, "spent": self.spent, "step": self.step}
+        return {"task": self.task, "total": self.total, "spent": self.spent, "ledger": [dict(e) for e in self.ledger]}
 
     def load_state_dict(self, d: dict) -> None:
-        self.total, self.steps, self.cap = d["total"], d["steps"], d["cap"]
-        self.spent, self.step = d["spent"], d["step"]
+        self.task, self.spent = int(d["task"]), int(d["spent"])
+        self.total = None if d["total"] is None else int(d["total"])
+        self.ledger = [dict(e) for e in d["ledger"]]
 
 
 # name -> factory(ctx) ; filled by the modules that define strategies (see replay/__init__.py)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from forgetless.errors import InputError
-from forgetless.replay.base import REGISTRY, BaseStrategy, ReplayBatch, StrategyContext
+from forgetless.replay.base import REGISTRY, BaseStrategy, ReplayBatch, ReplayBudget, StrategyContext
 from forgetless.replay.strategy import PRESETS
 
 
@@ -22,11 +22,18 @@ def available() -> list[str]:
 class Composite(BaseStrategy):
     """Runs several strategies side by side: replay batches are concatenated, extra losses summed,
     every call is forwarded to every part. General replay (GeRe) keeps general ability while a task
-    replay strategy (MSSR) keeps earlier tasks."""
+    replay strategy (MSSR) keeps earlier tasks.
+
+    Task-replay parts (``uniform+mssr``) share one ``ReplayBudget``: together they replay at most
+    ``replay.budget`` samples per task, the earlier-named part asking first at each step."""
 
     def __init__(self, ctx: StrategyContext, parts: list):
         super().__init__(ctx)
         self.parts = parts
+        budgeted = [p for p in parts if isinstance(getattr(p, "budget", None), ReplayBudget)]
+        self.budget = budgeted[0].budget if budgeted else None
+        for p in budgeted[1:]:
+            p.budget = self.budget
         self.name = "+".join(p.name for p in parts)
         self.needs_hidden_states = any(getattr(p, "needs_hidden_states", False) for p in parts)
 
@@ -59,7 +66,10 @@ class Composite(BaseStrategy):
             p.on_task_end(task, task_index, step)
 
     def report(self) -> dict:
-        return {p.name: p.report() for p in self.parts if hasattr(p, "report")}
+        out = {p.name: p.report() for p in self.parts if hasattr(p, "report")}
+        if self.budget is not None:  # the shared budget's ledger, once for the whole composite
+            out["budget"] = [dict(e) for e in self.budget.ledger]
+        return out
 
     def state_dict(self) -> dict:
         return {p.name: p.state_dict() for p in self.parts}

@@ -25,6 +25,9 @@ Rules shared by all of them:
 - Steps: the host counts the ``replay_batch`` calls of the current task itself (call i = 0, 1, ...
   after ``on_task_start``); the mssr schedules use the global step the loop passes.
 - Memory strength (samplers/strength.py) is kept only when the schedule or the sampler needs it.
+- Budget: the schedule asks for a volume, the host caps it by the memory and passes it through
+  the one ``ReplayBudget`` (replay/base.py), which grants at most what remains of the task's
+  budget. What is not spent is the task's underspend (``report()["budget"]``), never replayed later.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from forgetless.replay.base import BaseStrategy, ReplayBatch, StrategyContext, register
+from forgetless.replay.base import BaseStrategy, ReplayBatch, ReplayBudget, StrategyContext, register
 from forgetless.replay.memory import ReplayMemory
 from forgetless.replay.samplers import SAMPLERS
 from forgetless.replay.samplers.strength import MemoryStrength
@@ -69,7 +72,7 @@ def as_numpy(x) -> np.ndarray:
 
 
 class ReplayStrategy(BaseStrategy):
-    """The host: memory, RNG, per-task call counter and budget; the schedule and sampler do the rest."""
+    """The host: memory, RNG, per-task call counter and budget grants; the schedule and sampler do the rest."""
 
     def __init__(self, ctx: StrategyContext, name: str):
         super().__init__(ctx)
@@ -91,7 +94,7 @@ class ReplayStrategy(BaseStrategy):
         self.task_index = -1
         self.i = 0  # replay_batch calls in the current task
         self.replayed = 0  # samples replayed in the current task
-        self.budget: int | None = None
+        self.budget = ReplayBudget()  # every volume goes through it; a composite shares one (compose.py)
         self.task_log: list[dict] = []  # per finished task: budget and samples actually replayed
         self.trace_steps: list[int] = []  # predicted mean retention per step (memory strength only)
         self.trace_retention: list[float] = []
@@ -107,17 +110,15 @@ class ReplayStrategy(BaseStrategy):
         return self.ctx.batch_size or self.ctx.config.train.batch_size
 
     def warn_unmet(self, servable: int) -> None:
-        if self.budget is not None and self.budget > servable:
+        if self.budget.total is not None and self.budget.total > servable:
             log.warning("%s: replay budget %d for task %d exceeds what the memory (%d samples) can serve "
-                        "(%d); replaying at most that", self.name, self.budget, self.task_index,
+                        "(%d); replaying at most that", self.name, self.budget.total, self.task_index,
                         len(self.memory), servable)
 
     # ---- contract ------------------------------------------------------------------------
     def on_task_start(self, task, task_index: int, step: int) -> None:
         self.task_index, self.i, self.replayed = int(task_index), 0, 0
-        b, spt = self.rcfg.budget, self.ctx.steps_per_task
-        known = b is None or b >= 1 or task_index < len(spt)
-        self.budget = self.ctx.replay_budget(task_index) if known else None
+        self.budget.open(self.ctx, task_index)
         if self.strength is not None:
             self.strength.start_task()
         self.schedule.start(task_index, step)
@@ -126,9 +127,9 @@ class ReplayStrategy(BaseStrategy):
         if self.strength is not None and len(self.memory):
             self.trace_steps.append(int(step))
             self.trace_retention.append(float(self.strength.strength().mean()))
-        n = self.schedule.volume(self.i, step, batch_size)
+        n = self.schedule.volume(self.i, step, batch_size)  # the schedule asks
         self.i += 1
-        n = min(int(n), len(self.memory))
+        n = self.budget.grant(min(int(n), len(self.memory)))  # the budget grants
         if n <= 0:
             return None
         slots = self.sampler.draw(n)
@@ -145,7 +146,8 @@ class ReplayStrategy(BaseStrategy):
         self.schedule.observe(ids, losses, new, step)
 
     def on_task_end(self, task, task_index: int, step: int) -> None:
-        self.task_log.append({"task": task_index, "budget": self.budget, "replayed": self.replayed})
+        self.task_log.append({"task": task_index, "budget": self.budget.total, "replayed": self.replayed})
+        self.budget.close(task_index)
         rows = self.memory.admit(self.ctx.stream.samples[task_index])
         if self.strength is not None:
             self.strength.admit(rows, step)
@@ -164,7 +166,8 @@ class ReplayStrategy(BaseStrategy):
     def report(self) -> dict[str, Any]:
         """What a run's results.json keeps of this strategy (the retention plot reads ``retention``)."""
         out: dict[str, Any] = {"schedule": self.schedule_name, "sampler": self.sampler_name,
-                               "task_log": [dict(e) for e in self.task_log]}
+                               "task_log": [dict(e) for e in self.task_log],
+                               "budget": [dict(e) for e in self.budget.ledger]}
         if self.strength is not None:
             out["retention"] = {"step": list(self.trace_steps), "mean": list(self.trace_retention)}
         return out
@@ -177,7 +180,7 @@ class ReplayStrategy(BaseStrategy):
             "task_index": self.task_index,
             "i": self.i,
             "replayed": self.replayed,
-            "budget": self.budget,
+            "replay_budget": self.budget.state_dict(),
             "task_log": [dict(e) for e in self.task_log],
             "schedule": self.schedule.state_dict(),
             "trace_steps": np.asarray(self.trace_steps, dtype=np.int64),
@@ -192,7 +195,7 @@ class ReplayStrategy(BaseStrategy):
         self.memory.load_state_dict(d["memory"], by_id.__getitem__)
         self.rng.bit_generator.state = d["rng"]
         self.task_index, self.i, self.replayed = int(d["task_index"]), int(d["i"]), int(d["replayed"])
-        self.budget = None if d["budget"] is None else int(d["budget"])
+        self.budget.load_state_dict(d["replay_budget"])
         self.task_log = [dict(e) for e in d["task_log"]]
         self.schedule.load_state_dict(d["schedule"])
         self.trace_steps = [int(x) for x in np.asarray(d["trace_steps"]).reshape(-1)]

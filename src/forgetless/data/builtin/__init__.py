@@ -15,7 +15,7 @@ from forgetless.data.builtin import calendar_tasks, countries, names, numbers, p
 from forgetless.data.task import Task
 from forgetless.errors import InputError
 
-Builder = Callable[[int], Task]
+Builder = Callable[[], Task]
 
 BUILTIN: dict[str, Builder] = {
     "first_word": words.first_word,
@@ -39,17 +39,17 @@ REAL_SUITE = ("cmu_syllables", "cmu_stress", "cmu_rhyme", "iso639_code", "subdiv
               "subdivision_country", "cldr_german")
 
 
-def build_builtin(name: str, seed: int = 0) -> Task:
-    """The built-in task ``name``; the same seed always gives the same examples."""
+def build_builtin(name: str) -> Task:
+    """The built-in task ``name``: always the same examples and splits (no seed)."""
     if name not in BUILTIN:
         raise InputError(f"unknown built-in task {name!r}; known: {', '.join(BUILTIN)}", field="tasks")
-    return BUILTIN[name](seed)
+    return BUILTIN[name]()
 
 
-def describe_tasks(seed: int = 0) -> list[dict]:
+def describe_tasks() -> list[dict]:
     rows = []
     for name in BUILTIN:
-        t = build_builtin(name, seed)
-        rows.append({"name": t.name, "kind": t.kind, "n_train": len(t.train), "n_test": len(t.test),
-                     "source": t.source})
+        t = build_builtin(name)
+        rows.append({"name": t.name, "kind": t.kind, "n_train": len(t.train), "n_dev": len(t.dev),
+                     "n_test": len(t.test), "source": t.source})
     return rows

@@ -17,21 +17,21 @@ def _date(rng):
     return y, m, d
 
 
-def month_name(seed: int = 0) -> Task:
+def month_name() -> Task:
     """The month's name from an ISO date: a 12-way lookup learned from the month digits."""
-    rng = rng_for("month_name", seed)
+    rng = rng_for("month_name")
 
     def draw():
         y, m, d = _date(rng)
         return (y, m, d), Example(prompt=f"month of {y:04d}-{m:02d}-{d:02d} ->", target=f" {MONTHS[m - 1]}")
 
-    train, test = unique_split(draw, N_TRAIN, N_TEST)
-    return Task("month_name", "generation", train, test, source="calendar: ISO date -> English month name")
+    train, dev, test = unique_split(draw, N_TRAIN, N_TEST)
+    return Task("month_name", "generation", train, test, source="calendar: ISO date -> English month name", dev=dev)
 
 
-def days_in_month(seed: int = 0) -> Task:
+def days_in_month() -> Task:
     """Days in a month (28/29/30/31) of a given year; February needs the leap-year rule."""
-    rng = rng_for("days_in_month", seed)
+    rng = rng_for("days_in_month")
 
     def draw():
         y, m, _ = _date(rng)
@@ -41,6 +41,6 @@ def days_in_month(seed: int = 0) -> Task:
         opts = [" 28", " 29", " 30", " 31"]
         return (y, m), mc(f"days in {MONTHS[m - 1]} {y} Answer:", f" {n}", [o for o in opts if o != f" {n}"], rng)
 
-    train, test = unique_split(draw, N_TRAIN, N_TEST)
+    train, dev, test = unique_split(draw, N_TRAIN, N_TEST)
     return Task("days_in_month", "multiple_choice", train, test,
-                source="calendar: days in a month of a year (4 options)")
+                source="calendar: days in a month of a year (4 options)", dev=dev)

@@ -13,25 +13,25 @@ def _pair(rng):
     return a, b
 
 
-def add(seed: int = 0) -> Task:
-    rng = rng_for("add", seed)
+def add() -> Task:
+    rng = rng_for("add")
 
     def draw():
         a, b = _pair(rng)
         return (a, b), Example(prompt=f"sum: {a} {b} ->", target=f" {a + b}")
 
-    train, test = unique_split(draw, N_TRAIN, N_TEST)
-    return Task("add", "generation", train, test, source="generated: sum of two 2-digit numbers")
+    train, dev, test = unique_split(draw, N_TRAIN, N_TEST)
+    return Task("add", "generation", train, test, source="generated: sum of two 2-digit numbers", dev=dev)
 
 
-def compare(seed: int = 0) -> Task:
-    rng = rng_for("compare", seed)
+def compare() -> Task:
+    rng = rng_for("compare")
 
     def draw():
         a, b = _pair(rng)
         ex = mc(f"larger: {a} {b} Answer:", f" {max(a, b)}", [f" {min(a, b)}"], rng)
         return (a, b), ex
 
-    train, test = unique_split(draw, N_TRAIN, N_TEST)
+    train, dev, test = unique_split(draw, N_TRAIN, N_TEST)
     return Task("compare", "multiple_choice", train, test,
-                source="generated: the larger of two 2-digit numbers (2 options)")
+                source="generated: the larger of two 2-digit numbers (2 options)", dev=dev)

@@ -35,27 +35,27 @@ def _rhyme(phones) -> tuple[str, ...]:
     return tuple(ph.rstrip("012") for ph in phones[stressed[-1]:]) if stressed else tuple(phones)
 
 
-def _generation(name: str, seed: int, prompt: str, answer) -> Task:
-    rng = rng_for(name, seed)
+def _generation(name: str, prompt: str, answer) -> Task:
+    rng = rng_for(name)
     words = [(w, p) for w, p in _words() if _stress(p)]
 
     def draw():
         w, p = words[rng.randrange(len(words))]
         return w, Example(prompt.format(w=w), f" {answer(p)}")
 
-    train, test = unique_split(draw, N_TRAIN, N_TEST)
-    return Task(name, "generation", train, test, source=SOURCE)
+    train, dev, test = unique_split(draw, N_TRAIN, N_TEST)
+    return Task(name, "generation", train, test, source=SOURCE, dev=dev)
 
 
-def cmu_syllables(seed: int = 0) -> Task:
+def cmu_syllables() -> Task:
     """How many syllables a word has (vowel phones in its CMU pronunciation)."""
-    return _generation("cmu_syllables", seed, 'How many syllables does "{w}" have? Answer:', lambda p: len(_stress(p)))
+    return _generation("cmu_syllables", 'How many syllables does "{w}" have? Answer:', lambda p: len(_stress(p)))
 
 
-def cmu_stress(seed: int = 0) -> Task:
+def cmu_stress() -> Task:
     """The word's stress pattern, one digit per syllable (1 = primary stress): banana -> 010.
     Same prompts' words as cmu_syllables, another answer: the two interfere."""
-    return _generation("cmu_stress", seed, 'Stress pattern of "{w}", one digit per syllable, 1 = stressed? Answer:', _stress)
+    return _generation("cmu_stress", 'Stress pattern of "{w}", one digit per syllable, 1 = stressed? Answer:', _stress)
 
 
 @lru_cache(maxsize=1)
@@ -71,10 +71,10 @@ def _rhyme_index():
     return rhyme_of, by_rhyme, by_end, queries
 
 
-def cmu_rhyme(seed: int = 0) -> Task:
+def cmu_rhyme() -> Task:
     """Which of four words rhymes with the given one. The three others end in the same two
     letters when possible (cough / though), so spelling alone does not decide."""
-    rng = rng_for("cmu_rhyme", seed)
+    rng = rng_for("cmu_rhyme")
     rhyme_of, by_rhyme, by_end, queries = _rhyme_index()
     words = sorted(rhyme_of)
 
@@ -90,5 +90,5 @@ def cmu_rhyme(seed: int = 0) -> Task:
                 wrong.append(x)
         return w, mc(f'Which word rhymes with "{w}"? Answer:', f" {right}", [f" {x}" for x in wrong], rng)
 
-    train, test = unique_split(draw, N_TRAIN, N_TEST)
-    return Task("cmu_rhyme", "multiple_choice", train, test, source=SOURCE + " (rhyme = phones from the last stressed vowel)")
+    train, dev, test = unique_split(draw, N_TRAIN, N_TEST)
+    return Task("cmu_rhyme", "multiple_choice", train, test, source=SOURCE + " (rhyme = phones from the last stressed vowel)", dev=dev)

@@ -6,8 +6,8 @@ import re
 import sys
 import unicodedata
 
-from forgetless.data.builtin._util import rng_for
-from forgetless.data.task import Example, Task
+from forgetless.data.builtin._util import N_DEV
+from forgetless.data.task import Example, Task, split_by_hash
 
 _LATIN = re.compile(r"LATIN (SMALL|CAPITAL) LETTER ([A-Z])( WITH .+)?")
 N_TEST = 150
@@ -24,13 +24,11 @@ def _latin_letters() -> list[tuple[str, str]]:
     return out
 
 
-def unicode_letter(seed: int = 0) -> Task:
+def unicode_letter() -> Task:
     """Base letter of a Latin character from its Unicode name (lower case): the rule is
     "copy the letter after LETTER". Test names never occur in training."""
-    rng = rng_for("unicode_letter", seed)
-    pairs = sorted(set(_latin_letters()))
-    rng.shuffle(pairs)
-    exs = [Example(prompt=f"letter: {name.lower()} ->", target=f" {base}") for name, base in pairs]
-    return Task("unicode_letter", "generation", exs[N_TEST:], exs[:N_TEST],
+    exs = [Example(prompt=f"letter: {name.lower()} ->", target=f" {base}") for name, base in sorted(set(_latin_letters()))]
+    train, dev, test = split_by_hash(exs, N_DEV, N_TEST)
+    return Task("unicode_letter", "generation", train, test, dev=dev,
                 source=f"unicodedata {unicodedata.unidata_version} (Python {sys.version_info[0]}.{sys.version_info[1]}): "
                        "Latin letter names -> base letter (lower case)")

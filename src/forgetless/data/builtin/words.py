@@ -25,22 +25,22 @@ WORDS = tuple(dict.fromkeys(WORDS))  # drop repeats, keep order
 N_TRAIN, N_TEST = 600, 150
 
 
-def _build(name: str, cue: str, pick, seed: int) -> Task:
-    rng = rng_for(name, seed)
+def _build(name: str, cue: str, pick) -> Task:
+    rng = rng_for(name)
 
     def draw():
         k = rng.randint(3, 4)
         ws = rng.sample(WORDS, k)
         return tuple(ws), Example(prompt=f"{cue}: {' '.join(ws)} ->", target=" " + pick(ws))
 
-    train, test = unique_split(draw, N_TRAIN, N_TEST)
-    return Task(name=name, kind="generation", train=train, test=test,
+    train, dev, test = unique_split(draw, N_TRAIN, N_TEST)
+    return Task(name=name, kind="generation", train=train, test=test, dev=dev,
                 source=f"generated: {len(WORDS)} common English words, 3-4 per prompt")
 
 
-def first_word(seed: int = 0) -> Task:
-    return _build("first_word", "first word", lambda ws: ws[0], seed)
+def first_word() -> Task:
+    return _build("first_word", "first word", lambda ws: ws[0])
 
 
-def last_word(seed: int = 0) -> Task:
-    return _build("last_word", "last word", lambda ws: ws[-1], seed)
+def last_word() -> Task:
+    return _build("last_word", "last word", lambda ws: ws[-1])

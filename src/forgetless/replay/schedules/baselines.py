@@ -1,10 +1,12 @@
 """Baseline schedules: every step, fixed interval, loss-triggered, accuracy-triggered.
 
-Budget: ``host.budget`` (``ctx.replay_budget(t)``) caps the samples replayed during task t.
-``every_step`` and ``fixed`` turn it into a per-step / per-event volume at task start (the budget,
-not the ratio, then sets the volume); the triggered schedules ask a ``BudgetPacer`` each step. A
-budget larger than the memory can serve in the task's steps is logged as a warning and shows in
-the host's ``task_log`` (``replayed`` below ``budget``): it is reported, not met.
+Budget: the host passes every volume through the run's one ``ReplayBudget`` (replay/base.py),
+which grants at most what remains of the task's budget (``host.budget.total`` samples) and
+reports what is left as underspend. Each schedule's own rule says how it spends: ``every_step``
+and ``fixed`` spread the budget evenly over their steps / events (the budget, not the ratio, then
+sets the volume, so they spend it all); the triggered schedules replay ``ratio * batch_size`` on
+the steps they trigger and nothing else, so a trigger that never fires spends nothing. A budget
+larger than the memory can serve is logged as a warning and shows as underspend.
 """
 
 from __future__ import annotations
@@ -13,7 +15,25 @@ import math
 
 import numpy as np
 
-from forgetless.replay.base import BudgetPacer, Carry
+
+class Carry:
+    """Rounds a fractional per-call volume so the running total stays floor(sum of rates)."""
+
+    def __init__(self) -> None:
+        self.target = 0.0
+        self.given = 0
+
+    def take(self, rate: float) -> int:
+        self.target += rate
+        n = max(0, math.floor(self.target + 1e-6) - self.given)  # 1e-6: float sums of 0.1s stay exact
+        self.given += n
+        return n
+
+    def state_dict(self) -> dict:
+        return {"target": self.target, "given": self.given}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.target, self.given = float(d["target"]), int(d["given"])
 
 
 class Schedule:
@@ -73,9 +93,9 @@ class EveryStepSchedule(_Rated):
         super().start(task_index, step)
         h = self.host
         self.rate = None
-        if h.budget is not None:
+        if h.budget.total is not None:  # spread evenly: budget / steps a step
             steps = h.steps()
-            self.rate = h.budget / steps if steps else 0.0
+            self.rate = h.budget.total / steps if steps else 0.0
             h.warn_unmet(steps * len(h.memory))
 
     def volume(self, i: int, step: int, batch_size: int) -> int:
@@ -97,9 +117,9 @@ class FixedSchedule(_Rated):
         super().start(task_index, step)
         h = self.host
         self.rate = None
-        if h.budget is not None:
+        if h.budget.total is not None:  # spread evenly over the task's events
             events = math.ceil(h.steps() / h.rcfg.fixed.interval)
-            self.rate = h.budget / events if events else 0.0
+            self.rate = h.budget.total / events if events else 0.0
             h.warn_unmet(events * len(h.memory))
 
     def volume(self, i: int, step: int, batch_size: int) -> int:
@@ -111,31 +131,15 @@ class FixedSchedule(_Rated):
 
 
 class _Triggered(Schedule):
-    """A trigger decides when; a ``BudgetPacer`` caps (and if needed forces) how much."""
+    """A trigger decides when; ``ratio * batch_size`` samples on each triggered step, nothing else."""
 
     ratio = 1.0
-
-    def __init__(self, host):
-        super().__init__(host)
-        self.pacer = BudgetPacer(None, 0, 1)
 
     def start(self, task_index: int, step: int) -> None:
         super().start(task_index, step)
         h = self.host
-        steps = h.steps() if h.budget is not None else 0
-        want = math.ceil(self.ratio * h.batch_size())
-        need = math.ceil(h.budget / steps) if h.budget and steps else 0
-        # the pacer's cap is the most one step may replay: enough for the budget, never above the memory
-        self.pacer = BudgetPacer(h.budget, steps, max(1, min(len(h.memory), max(want, need))))
-        h.warn_unmet(steps * len(h.memory))
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "pacer": self.pacer.state_dict()}
-
-    def load_state_dict(self, d: dict) -> None:
-        super().load_state_dict(d)
-        self.pacer = BudgetPacer(None, 0, 1)
-        self.pacer.load_state_dict(d["pacer"])
+        if h.budget.total is not None:
+            h.warn_unmet(h.steps() * len(h.memory))
 
 
 class LossTriggeredSchedule(_Triggered):
@@ -199,7 +203,7 @@ class LossTriggeredSchedule(_Triggered):
         want = self.carry.take(self.ratio * batch_size) if self.triggered else 0
         if not self.cfg.probe:
             self.triggered = False  # a training-loss crossing buys one step
-        return self.pacer.grant(want)
+        return want
 
     def observe(self, ids, losses, new, step: int) -> None:
         if self.cfg.probe:
@@ -222,12 +226,13 @@ class LossTriggeredSchedule(_Triggered):
 class AccuracyTriggeredSchedule(_Triggered):
     """Accuracy-based replay: replay for ``window`` steps after a held-out accuracy drop.
 
-    At the end of task j (all but the last) its probe set, ``tasks[j].test[:probe_size]``, is
+    At the end of task j (all but the last) its probe set, ``tasks[j].dev[:probe_size]``, is
     scored with ``ctx.evaluate(j, examples)`` (it counts its own tokens) as the reference. During a
     later task, at the start of calls E, 2E, ... (i.e. after E, 2E, ... optimizer steps of the task)
     every earlier task's probe set is scored again; if any is more than ``delta`` below its
     reference, that step and the next ``window - 1`` replay ratio * batch_size memory samples (a
-    new drop restarts the window).
+    new drop restarts the window). It probes dev, never test: the test split only fills the accuracy
+    matrix, so no training decision is taken from it.
     """
 
     name = "accuracy_triggered"
@@ -246,7 +251,7 @@ class AccuracyTriggeredSchedule(_Triggered):
     def _eval(self, j: int) -> float:
         self.n_evals += 1
         ctx = self.host.ctx
-        return float(ctx.evaluate(j, ctx.stream.tasks[j].test[: self.cfg.probe_size]))
+        return float(ctx.evaluate(j, ctx.stream.tasks[j].dev[: self.cfg.probe_size]))
 
     def start(self, task_index: int, step: int) -> None:
         super().start(task_index, step)
@@ -254,7 +259,7 @@ class AccuracyTriggeredSchedule(_Triggered):
 
     def on_task_end(self, task_index: int, step: int) -> None:
         tasks = self.host.ctx.stream.tasks
-        if task_index < len(tasks) - 1 and tasks[task_index].test:
+        if task_index < len(tasks) - 1 and tasks[task_index].dev:
             self.refs[task_index] = self._eval(task_index)
 
     def volume(self, i: int, step: int, batch_size: int) -> int:
@@ -267,7 +272,7 @@ class AccuracyTriggeredSchedule(_Triggered):
         if self.left > 0:
             want = self.carry.take(self.ratio * batch_size)
             self.left -= 1
-        return self.pacer.grant(want)
+        return want
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "refs": [[j, a] for j, a in sorted(self.refs.items())],

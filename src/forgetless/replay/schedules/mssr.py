@@ -3,7 +3,8 @@
 ``replay.mssr.schedule`` picks one (docs/mssr.md §2):
 
 - ``retention``: replay when the memory model predicts that retention has fallen below a line;
-  the volume follows the time-decaying ratio, paced so the task's budget is spent exactly.
+  the volume follows the time-decaying ratio (its own pacing rule: an allowance that accrues with
+  the ratio); what has not accrued into an event by the task's end is underspend.
   Reviews raise strength and lower k, so the gaps expand by themselves when reviews succeed.
 - ``geometric``: events at offsets 0, gap0, gap0 + gap0*growth, ... fixed at task start; volumes
   decay with the ratio and are rescaled to the budget once (MSSR as first published here).
@@ -152,7 +153,7 @@ def _task_length(host, task_index: int) -> tuple[int, int | None]:
     """(steps, budget) of the task; an unknown length plans ``HORIZON`` steps, unbudgeted."""
     spt = host.ctx.steps_per_task
     n = int(spt[task_index]) if task_index < len(spt) else 0
-    return (HORIZON, None) if n <= 0 else (n, host.budget)
+    return (HORIZON, None) if n <= 0 else (n, host.budget.total)
 
 
 class GeometricSchedule(Schedule):
@@ -197,11 +198,12 @@ class RetentionSchedule(Schedule):
     ``a_s = R * ratio(s) / sum_{u<n} ratio(u)`` (budget ``R`` over ``n`` steps; the time-decaying
     ratio shapes it), and the memory model's predicted retention ``r(t)`` is read: the mean
     strength (``signal: mean``) or the share of memories with strength >= ``theta``
-    (``signal: share``). The step replays ``floor(b)`` samples when ``r(t) < line``, when the
-    bucket holds a full event (``b >= cap``, ``cap = max(ratio0 * batch_size, max_s a_s)``) or on
-    the task's last step (``round(b)``), so the task spends ``R`` exactly (up to what the memory
-    can serve) and no stretch longer than ``cap / a_s`` steps goes without replay. Unbudgeted, a
-    step with ``r(t) < line`` replays ``round(ratio(s) * batch_size)``.
+    (``signal: share``). The step replays ``floor(b)`` samples when ``r(t) < line`` or when the
+    bucket holds a full event (``b >= cap``, ``cap = max(ratio0 * batch_size, max_s a_s)``), so
+    no stretch longer than ``cap / a_s`` steps goes without replay. Nothing is flushed at the
+    task's end: what is left in the bucket (less than ``cap``) is the task's underspend, reported
+    by the run's ``ReplayBudget``, which grants every volume. Unbudgeted, a step with
+    ``r(t) < line`` replays ``round(ratio(s) * batch_size)``.
     """
 
     name = "mssr"
@@ -247,10 +249,9 @@ class RetentionSchedule(Schedule):
         else:
             if 0 <= s < self.n_steps:
                 self.bucket += float(self.accrual[s])
-            last = s >= self.n_steps - 1
-            if not (low or last or self.bucket >= self.cap - 1e-9):
+            if not (low or self.bucket >= self.cap - 1e-9):
                 return 0
-            n = int(_round_half_up(self.bucket)) if last else math.floor(self.bucket + 1e-9)
+            n = math.floor(self.bucket + 1e-9)
             n = min(n, len(self.host.memory))  # what the memory cannot serve now stays in the bucket
             self.bucket -= n
         if n > 0:
