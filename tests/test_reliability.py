@@ -113,8 +113,7 @@ def _set(*overrides):
 
 
 def _nul_name(tmp):
-    _, cfg = _files(tmp)
-    cfg.write_text(cfg.read_text() + 'name: "a\\0b"\n')
+    _, cfg = _files(tmp, name="a\0b")
     return ["run", cfg, "--output", tmp / "o"]
 
 

@@ -9,15 +9,37 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from forgetless.errors import InputError
+from forgetless.errors import InputError, Interrupted
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Continual fine-tuning of causal LMs with replay.")
-data_app = typer.Typer(no_args_is_help=True, help="The built-in offline task suite.")
+# plain help (rich_markup_mode=None): typer's Rich help labels every flag '<bool>', as if it took a value
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Continual fine-tuning of causal LMs with replay.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The built-in offline task suite.")
 app.add_typer(data_app, name="data")
 # Rich assumes 80 columns when stdout is not a terminal (logs, pipes, CI): the comparison table
-# then truncates its numbers, so use a wider page there; a real terminal keeps its own width
-console = Console() if sys.stdout.isatty() else Console(width=120)
+# then truncates its numbers, so use a wider page there; a real terminal keeps its own width.
+# markup=False: what we print holds users' names (tasks[v2].jsonl, a run named v[red]1), never markup
+console = Console(markup=False) if sys.stdout.isatty() else Console(markup=False, width=120)
+QUIET_HELP = "No progress bars."
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"forgetless {version('forgetless')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("forgetless (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(_: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit.")) -> None:
+    """Continual fine-tuning of causal LMs with replay."""
 
 
 @data_app.command("list")
@@ -50,12 +72,14 @@ def data_show(task: str = typer.Argument(..., help="Built-in task name, or a tas
         raise InputError(f"--split must be 'train', 'dev' or 'test', got {split!r}")
     t = load_task(task)
     examples = getattr(t, split)
-    console.print(f"[bold]{t.name}[/bold] ({t.kind}, {len(t.train)} train / {len(t.dev)} dev / {len(t.test)} test) — {t.source}")
+    console.print(Text.assemble((t.name, "bold"), f" ({t.kind}, {len(t.train)} train / {len(t.dev)} dev / "
+                                                  f"{len(t.test)} test) — {t.source}"))
     for ex in examples[:n]:
-        console.print(f"[cyan]prompt:[/cyan] {ex.prompt!r}")
+        console.print(Text.assemble(("prompt:", "cyan"), f" {ex.prompt!r}"))
         if ex.choices is not None:
-            console.print(f"  [magenta]choices:[/magenta] {list(ex.choices)}  [green]answer:[/green] {ex.answer}")
-        console.print(f"  [green]target:[/green] {ex.target!r}")
+            console.print(Text.assemble("  ", ("choices:", "magenta"), f" {list(ex.choices)}  ",
+                                        ("answer:", "green"), f" {ex.answer}"))
+        console.print(Text.assemble("  ", ("target:", "green"), f" {ex.target!r}"))
 
 
 def _num(v: float, digits: int) -> str:
@@ -91,14 +115,17 @@ def run(config: str = typer.Argument(..., help="YAML config file."),
         output: Optional[str] = typer.Option(None, "--output", help="Parent directory of the run (default: config output_dir)."),
         resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last finished stage."),
         fresh: bool = typer.Option(False, "--fresh", help="Delete an existing run of this name and start over."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
+        quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP)) -> None:
     """Train one model on a stream of tasks with one replay strategy."""
-    from forgetless import bench, experiment
-    from forgetless.config import load_config
+    try:  # importing torch takes seconds: a Ctrl-C here is no run's to continue
+        from forgetless import bench, experiment
+        from forgetless.config import load_config
 
-    if resume and fresh:
-        raise InputError("--resume and --fresh exclude each other")
-    cfg = load_config(config, set_)
+        if resume and fresh:
+            raise InputError("--resume and --fresh exclude each other")
+        cfg = load_config(config, set_)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted before the run started; nothing was written") from None
     result = experiment.run(cfg, output, resume=resume, fresh=fresh, progress=not quiet)
     run_dir = experiment.run_dir_for(cfg, output)
     if _is_main():
@@ -111,7 +138,7 @@ def demo(quick: bool = typer.Option(False, "--quick", help="Fewer tasks, steps a
          output: str = typer.Option("runs/demo", "--output", help="Where the demo's runs, table and plots go."),
          jobs: int = typer.Option(2, "--jobs", help="Runs at once (one CPU thread each)."),
          fresh: bool = typer.Option(False, "--fresh", help="Delete earlier demo runs first (they are reused otherwise)."),
-         quiet: bool = typer.Option(False, "--quiet")) -> None:
+         quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP)) -> None:
     """Every strategy on the bundled tiny model and the built-in suite: forgetting and its cure."""
     from pathlib import Path
 
@@ -146,18 +173,19 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
               jobs: int = typer.Option(1, "--jobs", help="Runs at once; 1 keeps wall-clock ratios clean."),
               fresh: bool = typer.Option(False, "--fresh", help="Delete this bench's earlier runs first "
                                          "(finished runs with the same config are reused otherwise)."),
-              quiet: bool = typer.Option(False, "--quiet")) -> None:
+              quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP)) -> None:
     """Compare strategies over seeds (and task orders) at equal replay budget; resumable."""
     from pathlib import Path
 
     from forgetless import bench
-    from forgetless.config import apply_overrides, from_dict, load_config
+    from forgetless.config import apply_overrides, from_dict, load_config, override_keys, strategy_name
 
     if config is None:
-        cfg = from_dict(apply_overrides(bench.demo_config().model_dump(mode="json"), set_), "demo config")
+        cfg = from_dict(apply_overrides(bench.demo_config().model_dump(mode="json"), set_), "demo config",
+                        override_keys(set_))
     else:
         cfg = load_config(config, set_)
-    names = [s.strip() for s in strategies.split(",")] if strategies is not None else list(bench.DEMO_STRATEGIES)
+    names = [strategy_name(s) for s in strategies.split(",")] if strategies is not None else list(bench.DEMO_STRATEGIES)
     out = Path(output) if output else Path("bench") / cfg.name
     t0 = __import__("time").perf_counter()
 
@@ -204,18 +232,17 @@ def main() -> None:
     run (130), a full disk (1); tracebacks are left for bugs."""
     import errno
 
-    from forgetless.experiment import RunInterrupted
-
     def fail(msg: str, code: int) -> None:
-        Console(stderr=True).print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+        Console(stderr=True, markup=False).print(Text.assemble(("error:", "red"), f" {msg}"), highlight=False,
+                                                 soft_wrap=True)
         sys.exit(code)
 
     try:
         app()
     except InputError as e:
         fail(str(e), InputError.exit_code)
-    except RunInterrupted as e:
-        fail(str(e), 130)
+    except Interrupted as e:  # experiment.RunInterrupted among them
+        fail(str(e), Interrupted.exit_code)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from forgetless.errors import InputError, read_text
 
@@ -62,6 +64,22 @@ class TaskFileConfig(_Strict):
     metric: Metric | None = None  # default: exact_match (generation) or accuracy (multiple choice)
 
 
+def check_prompt_template(v: str) -> str:
+    """``data.prompt_template`` is filled by ``str.format`` with ``prompt`` only (ValueError if not)."""
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"not a valid format string ({e})") from None
+    if "prompt" not in names or any(f != "prompt" for f in names):
+        raise ValueError("must contain '{prompt}' and no other field, attribute or index "
+                         "(write a literal brace as '{{' or '}}')")
+    try:  # '{prompt:d}', '{prompt!x}': the field is there, but a prompt (text) cannot fill it
+        v.format(prompt="text")
+    except ValueError as e:
+        raise ValueError(f"cannot fill it with a prompt ({e}); write plain '{{prompt}}'") from None
+    return v
+
+
 class DataConfig(_Strict):
     # built-in task names, or task files; order is the training order
     tasks: list[str | TaskFileConfig] = ["unicode_letter", "country_code", "first_word", "last_word", "compare", "month_name"]
@@ -101,14 +119,7 @@ class DataConfig(_Strict):
     @field_validator("prompt_template")
     @classmethod
     def _template(cls, v: str) -> str:
-        try:
-            names = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
-        except ValueError as e:
-            raise ValueError(f"not a valid format string ({e})") from None
-        if "prompt" not in names or any(f != "prompt" for f in names):
-            raise ValueError("must contain '{prompt}' and no other field, attribute or index "
-                             "(write a literal brace as '{{' or '}}')")
-        return v
+        return check_prompt_template(v)
 
 
 class TrainConfig(_Strict):
@@ -138,9 +149,23 @@ class EvalConfig(_Strict):
     max_new_tokens: int | None = Field(None, ge=1)  # None: longest target in the task + 2
     # lm-evaluation-harness tasks run on the current model (forgetless.harness); none by default
     general_tasks: list[str] = []
+    # a task YAML with `!function` makes lm-eval import and run the user's Python file: refused
+    # unless this is true (docs/design.md, "What runs code")
+    allow_code: bool = False
     general_task_dir: str | None = None  # folder of extra task YAMLs (e.g. local data files)
     general_stages: list[int] | None = None  # stages to run them at (0: start, t: after task t); None: start and end
     general_limit: int | None = Field(None, ge=1)  # examples per harness task (None: all)
+
+    @field_validator("general_task_dir")
+    @classmethod
+    def _no_code(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from forgetless.harness import code_in_task_dir
+
+        found = code_in_task_dir(v) if v and not info.data.get("allow_code") else None
+        if found:
+            raise ValueError(f"{found} makes lm-eval run Python code from your files; allow it with "
+                             "eval.allow_code: true")
+        return v
 
 
 class MemoryConfig(_Strict):
@@ -230,6 +255,11 @@ SCHEDULE_NAMES = ("every_step", "fixed", "loss_triggered", "accuracy_triggered",
 SAMPLER_NAMES = ("uniform", "mssr")
 
 
+def strategy_name(name: str) -> str:
+    """The one spelling of a composed strategy: 'gere + mssr' -> 'gere+mssr' (run names, bench rows)."""
+    return "+".join(p.strip() for p in name.split("+"))
+
+
 class ReplayConfig(_Strict):
     strategy: str | list[str] = "uniform"  # a name, "a+b", or a list to compose
     # override the (schedule, sampler) pair of the task-replay preset named in `strategy`
@@ -249,9 +279,11 @@ class ReplayConfig(_Strict):
     @classmethod
     def _no_empty_part(cls, v: str | list[str]) -> str | list[str]:
         parts = v if isinstance(v, list) else v.split("+")
-        if not parts or any(not p.strip() for p in parts):
+        if not parts:
+            raise ValueError("is an empty list; name one or more strategies, e.g. ['gere', 'mssr']")
+        if any(not p.strip() for p in parts):
             raise ValueError(f"{v!r} has an empty strategy name; write e.g. 'gere+mssr'")
-        return v
+        return [p.strip() for p in v] if isinstance(v, list) else strategy_name(v)
 
     @property
     def strategies(self) -> list[str]:
@@ -288,7 +320,7 @@ def _is_type_tag(part) -> bool:
     return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or part[:1].isupper())
 
 
-def _format_error(e: ValidationError, source: str) -> str:
+def _format_error(e: ValidationError, source: str, set_keys=()) -> str:
     errors = e.errors()
     # in a union, the branch whose type does not even match (a mapping given where a string is
     # also allowed) says nothing useful; report the branch that matched the shape of the input
@@ -299,17 +331,97 @@ def _format_error(e: ValidationError, source: str) -> str:
     msg = err["msg"]
     if err.get("type") == "literal_error" and "expected" in err.get("ctx", {}):
         msg = f"must be one of {err['ctx']['expected']}"
+    value = err.get("input")
+    if err["type"] == "string_type" and isinstance(value, (bool, int, float)):
+        kind = "a boolean" if isinstance(value, bool) else "a number"
+        msg += f" (YAML read {value!r} as {kind}; quote it to mean the text: '{value}')"
     shown = useful or errors
     more = f" (and {len(shown) - 1} more)" if len(shown) > 1 else ""
+    if any(loc == k or loc.startswith(k + ".") for k in set_keys):
+        source = "--set"
     return f"{source}: field '{loc}': {msg}{more}"
 
 
-def parse_value(text: str) -> Any:
-    """A --set value is YAML, so numbers, booleans and lists work as typed."""
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, line: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line = key, line
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as users mean it, for every file and --set value we read: a repeated key is an error
+    (PyYAML keeps the last silently, so a second `train:` section dropped the first), and only
+    true/false are booleans (YAML 1.1 also reads yes/no/on/off, so `precision: no` became False).
+    A field that wants a boolean still takes "yes"/"no": pydantic reads them."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:  # an unhashable key: PyYAML refuses it itself
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.yaml_implicit_resolvers = {
+    c: [r for r in rs if r[0] != "tag:yaml.org,2002:bool"] for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def load_yaml(text: str, file: str) -> Any:
+    """A user's YAML text (config file, --set value); errors are one line naming file, line and key."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except _DuplicateKey as e:
+        raise InputError(f"duplicate key {e.key!r} (YAML would keep only the last one)", file=file,
+                         line=e.line) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise InputError(f"not valid YAML ({getattr(e, 'problem', None) or e})", file=file, line=line) from None
+
+
+def parse_value(text: str, key: str | None = None) -> Any:
+    """A --set value is YAML, so numbers, booleans and lists work as typed; where the schema wants
+    text and YAML read a number, boolean or null (name=2024), the text as typed."""
+    try:
+        value = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except _DuplicateKey as e:
+        raise InputError(f"--set value {text!r} repeats the key {e.key!r}") from None
     except yaml.YAMLError as e:
         raise InputError(f"--set value {text!r} is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    kind = _field_type(key.split(".")) if key else None
+    if kind is not None and (value is None or isinstance(value, (bool, int, float))):
+        from pydantic import TypeAdapter
+
+        def fits(v) -> bool:
+            try:
+                TypeAdapter(kind).validate_python(v, strict=isinstance(v, str))
+                return True
+            except ValidationError:
+                return False
+
+        if not fits(value) and fits(text.strip()):
+            return text.strip()
+    return value
+
+
+def _field_type(keys: list[str]):
+    """The annotation of the Config field at ``keys`` (None for a key that is not a field)."""
+    kind: Any = Config
+    for k in keys:
+        fields = getattr(kind, "model_fields", None) if isinstance(kind, type) else None
+        if not fields or k not in fields:
+            return None
+        kind = fields[k].annotation
+    return kind
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -323,15 +435,20 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise InputError(f"--set {key}: '{p}' is not a section")
-        node[parts[-1]] = parse_value(value)
+        node[parts[-1]] = parse_value(value, key.strip())
     return raw
 
 
-def from_dict(raw: dict, source: str = "config") -> Config:
+def override_keys(overrides: list[str] | None) -> list[str]:
+    return [o.split("=", 1)[0].strip() for o in overrides or [] if "=" in o]
+
+
+def from_dict(raw: dict, source: str = "config", set_keys: list[str] = ()) -> Config:
+    """``set_keys``: fields given with --set, so an error in one of them names --set, not ``source``."""
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        raise InputError(_format_error(e, source)) from None
+        raise InputError(_format_error(e, source, set_keys)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -340,18 +457,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.is_file():
+        if not path.exists():
             raise InputError("config file not found", file=source)
-        try:
-            raw = yaml.safe_load(read_text(path)) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else None
-            raise InputError(f"not valid YAML ({getattr(e, 'problem', e)})", file=source, line=line) from None
+        raw = load_yaml(read_text(path), source) or {}  # read_text: a directory is named as one
         if not isinstance(raw, dict):
             raise InputError("top level must be a mapping", file=source)
     raw = apply_overrides(raw, overrides or [])
-    return from_dict(raw, source)
+    return from_dict(raw, source, override_keys(overrides))
 
 
 def dump_config(cfg: Config) -> str:

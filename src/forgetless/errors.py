@@ -26,6 +26,12 @@ class InputError(ValueError):
         self.file, self.line, self.field = file, line, field
 
 
+class Interrupted(Exception):
+    """Ctrl-C, said in one line (exit 130) with what to do next; typer alone would exit 130 silently."""
+
+    exit_code = 130
+
+
 def decode_text(data: bytes, file: str) -> str:
     """UTF-8 with an optional BOM (Excel and Windows write one); anything else is one line naming
     the file and the byte offset."""

@@ -29,7 +29,7 @@ import torch
 
 from forgetless import __version__
 from forgetless.config import Config, dump_config
-from forgetless.errors import InputError
+from forgetless.errors import InputError, Interrupted
 from forgetless.replay.base import StrategyContext, WorkCounters
 from forgetless.rundir import (FINGERPRINTS, LOCK, MANIFEST, RunLock, check_same_run, check_writable, fingerprints,
                                load_results, sha256_file, verify_stage)
@@ -37,14 +37,15 @@ from forgetless.state import atomic_write_text, load_state, save_state
 
 
 def run_dir_for(cfg: Config, output_dir: str | Path | None = None) -> Path:
-    return Path(output_dir if output_dir is not None else cfg.output_dir) / cfg.name
+    # ~ expanded here, where the path is used, as model.name's is ('~/runs' is not a folder named '~')
+    return Path(output_dir if output_dir is not None else cfg.output_dir).expanduser() / cfg.name
 
 
 def is_finished(run_dir: Path) -> bool:
     return (Path(run_dir) / "results.json").is_file()
 
 
-class RunInterrupted(Exception):
+class RunInterrupted(Interrupted):
     """Ctrl-C during a run; ``stage`` is the last stage on disk (-1: none)."""
 
     def __init__(self, run_dir: Path, stage: int, hint: str = "continue with --resume"):
@@ -499,7 +500,7 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description:<24}", markup=False), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("replay {task.fields[share]:.0%}"),
         TextColumn("{task.fields[tps]:.0f} tok/s"), TimeElapsedColumn(),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from forgetless.errors import InputError
@@ -29,6 +30,48 @@ def _flatten(results: dict[str, dict[str, Any]]) -> dict[str, float]:
                 continue
             out[f"{task}/{name}" + (f"_{filt}" if filt and filt != "none" else "")] = float(v)
     return out
+
+
+def code_in_task_dir(task_dir: str) -> str | None:
+    """Where a task YAML under ``task_dir`` (or a YAML it includes) makes lm-eval run Python: a
+    ``!function`` tag imports the user's .py file when the task is built (``class: !function`` even
+    replaces the task). "file:line: tag", or None. Only tags are code to lm-eval; plain keys are data."""
+    import yaml
+
+    standard = "tag:yaml.org,2002:"
+    seen: set[Path] = set()
+
+    def scan(f: Path) -> str | None:
+        f = f.resolve()
+        if f in seen or not f.is_file():
+            return None
+        seen.add(f)
+        try:
+            docs = list(yaml.compose_all(f.read_text(encoding="utf-8-sig"), Loader=yaml.SafeLoader))
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):  # lm-eval reports a file it cannot read
+            return None
+        stack = [d for d in docs if d is not None]
+        while stack:
+            node = stack.pop()
+            if not node.tag.startswith(standard):
+                return f"{f}:{node.start_mark.line + 1}: {node.tag}"
+            if isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    if k.value == "include" and isinstance(v, yaml.ScalarNode):  # lm-eval: relative to the file
+                        found = scan(Path(v.value) if Path(v.value).is_absolute() else f.parent / v.value)
+                        if found:
+                            return found
+                    stack += [k, v]
+            elif isinstance(node, yaml.SequenceNode):
+                stack += node.value
+        return None
+
+    for f in sorted(Path(task_dir).expanduser().rglob("*")):
+        if f.suffix in (".yaml", ".yml"):
+            found = scan(f)
+            if found:
+                return found
+    return None
 
 
 @lru_cache(maxsize=4)

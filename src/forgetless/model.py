@@ -80,21 +80,33 @@ def convert_gguf(path: str | Path) -> Path:
     out = cache_dir() / "models" / f"{path.stem}-{key}"
     if (out / "config.json").is_file():
         return out
+    _remove_stale_tmp(out.parent)
     if importlib.util.find_spec("gguf") is None:
         raise InputError(f"reading {path.name} needs the gguf package: {GGUF_INSTALL}", field="model.name")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report is a page; what matters is checked below
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, IndexError) as e:
-        raise InputError(f"cannot read GGUF {str(path)!r}: {_first_line(e)}", field="model.name") from e
+        model, info = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                           output_loading_info=True, ignore_mismatched_sizes=True)
+    except Exception as e:  # noqa: BLE001 - a cut file (struct.error), odd metadata (RuntimeError, TypeError, ...)
+        raise InputError(f"cannot read GGUF {str(path)!r}: {_first_line(e)}", field="model.name") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # metadata that disagrees with the tensors (no llama.block_count: 32 layers of random weights; a
+    # wrong embedding_length: other shapes) loads "fine" in transformers; a model is all its weights
+    wrong = [*info["missing_keys"], *(k[0] for k in info["mismatched_keys"]), *info["unexpected_keys"]]
+    if wrong:
+        raise InputError(f"GGUF {str(path)!r}: its metadata does not match its tensors ({len(wrong)} weights missing, "
+                         f"unused or of another shape, e.g. {sorted(wrong)[0]}); is it complete?", field="model.name")
     model.hf_quantizer = None  # dequantised to fp32 on load; save_pretrained refuses otherwise
     if hasattr(model.config, "quantization_config"):  # the saved directory is plain fp32, not GGUF
         del model.config.quantization_config
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    tmp = out.parent / f".tmp-{out.name}-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +120,22 @@ def convert_gguf(path: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _remove_stale_tmp(models: Path) -> None:
+    """The temporary directories of conversions killed mid-write (their process, on this host, is
+    gone); a conversion still running, here or on another host sharing the cache, keeps its own."""
+    host = socket.gethostname()
+    for d in models.glob(f".tmp-*-{host}-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:  # alive (another user's): not ours to remove
+            pass
 
 
 def resolve_model_path(name: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from forgetless.config import check_prompt_template
 from forgetless.data.task import Sample, TaskStream
 from forgetless.errors import InputError
 
@@ -58,12 +59,10 @@ def encode(tokenizer, prompt: str, target: str, max_length: int) -> tuple[np.nda
 
 def apply_template(template: str, prompt: str) -> str:
     """The same rendering as evaluation (``str.format`` with only ``prompt``)."""
-    if "{prompt}" not in template:
-        raise InputError("must contain '{prompt}'", field="data.prompt_template")
     try:
-        return template.format(prompt=prompt)
-    except (KeyError, IndexError, ValueError) as e:
-        raise InputError(f"must use only '{{prompt}}' ({e})", field="data.prompt_template") from None
+        return check_prompt_template(template).format(prompt=prompt)
+    except ValueError as e:
+        raise InputError(str(e), field="data.prompt_template") from None
 
 
 INSTRUCT_MARKERS = ("instruct", "chat")
@@ -91,8 +90,13 @@ def render_prompt(tokenizer, template: str, prompt: str, chat: bool = False) -> 
     the assistant header."""
     text = apply_template(template, prompt)
     if chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
+        try:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception as e:  # noqa: BLE001 - the template is the model's Jinja: raise_exception(), a bad key
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"the tokenizer's chat template fails on a user turn ({type(e).__name__}: {msg}); "
+                             "fix the template or set data.chat_template: false", field="data.chat_template") from None
     return text
 
 

@@ -73,10 +73,18 @@ class ReplayMixin:
                  config: Config | dict | str | os.PathLike | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         cfg = _as_config(config)
-        if isinstance(strategy, (str, list)):
-            cfg.replay.strategy = strategy
+        if isinstance(strategy, (str, list)):  # validated as a config value: one line, not pydantic's dump
+            raw = cfg.model_dump(mode="json")
+            raw["replay"]["strategy"] = strategy
+            cfg = from_dict(raw, "strategy")
         cfg.seed = int(self.args.seed)
         self.fl_config = cfg
+        from forgetless.data.tokenize import use_chat_template
+
+        # data.chat_template as `forgetless run` reads it (for tasks given as names, files or Tasks;
+        # datasets arrive tokenized)
+        self._chat = use_chat_template(cfg.data.chat_template, self.processing_class,
+                                       getattr(getattr(self.model, "config", None), "_name_or_path", ""))
         # compute_loss divides by the step's whole label count itself, so the Trainer must not rescale
         self.loss_is_scaled_for_ga = True
         self._steps_arg = self.args.max_steps  # steps per task when > 0 (train() sets the stream's total)
@@ -161,7 +169,7 @@ class ReplayMixin:
                 task = Task(spec.name, spec.kind, spec.train[: cfg.data.n_train], spec.test[: cfg.data.n_test],
                             spec.source, dev=spec.dev)
                 samples = tokenize_stream(TaskStream(tasks=[task]), self.processing_class, cfg.data.max_length,
-                                          cfg.data.prompt_template).samples[0]
+                                          cfg.data.prompt_template, self._chat).samples[0]
             else:
                 task = Task(names[t] or f"task_{t}", "generation", [], [], "dataset")
                 samples = self._dataset_samples(spec, task.name)[: cfg.data.n_train]
@@ -375,7 +383,7 @@ class ReplayMixin:
         from forgetless.evaluate import evaluate_sharded
 
         score, tokens = evaluate_sharded(self.accelerator, self.model, self.processing_class, self._stream.tasks[j],
-                                         examples, self.fl_config, device=self.args.device)
+                                         examples, self.fl_config, device=self.args.device, chat=self._chat)
         self.counters.eval_tokens += tokens
         return score
 
@@ -450,6 +458,8 @@ class ReplayMixin:
 
     def _load_stream_state(self, checkpoint: str | os.PathLike) -> None:
         d = Path(checkpoint) / STATE_DIR
+        if not Path(checkpoint).is_dir():
+            raise InputError("checkpoint directory does not exist", file=str(checkpoint))
         if not (d / "stream.json").is_file():
             raise InputError("checkpoint has no forgetless state (was it saved by a ReplayTrainer?)", file=str(d))
         st = load_state(d, "stream")
