@@ -8,7 +8,7 @@ from forgetless.config import TrainConfig
 from forgetless.data.task import Sample
 from forgetless.replay.base import BaseStrategy, ReplayBatch, WorkCounters
 from forgetless.losses import token_losses
-from forgetless.train import BatchSampler, TaskLoop, collate, steps_for_task
+from forgetless.train import BatchSampler, Optimization, TaskLoop, collate, steps_for_task
 
 
 def _sample(i, n_prompt, n_target, task=0):
@@ -79,7 +79,8 @@ def _loop(model, strategy, accum=1):
 
     acc = Accelerator(cpu=True)
     m = acc.prepare(model)
-    return TaskLoop(m, acc, strategy, WorkCounters(), TrainConfig(batch_size=4, lr=1e-2, grad_accum=accum),
+    cfg = TrainConfig(batch_size=4, lr=1e-2, grad_accum=accum)
+    return TaskLoop(m, acc, Optimization(m, acc, cfg), strategy, WorkCounters(), cfg,
                     pad_id=0, rng=np.random.default_rng(0))
 
 

@@ -375,7 +375,7 @@ class Run:
             self.lock.release()
 
     def _execute(self) -> dict:
-        from forgetless.train import TaskLoop
+        from forgetless.train import Optimization, TaskLoop
 
         acc = self.accelerator
         start = self._last_stage() if self.resume else -1
@@ -391,6 +391,7 @@ class Run:
             self._save_stage(0, row, ppl)
             start = 0
 
+        optim = Optimization(self.model, acc, self.cfg.train)  # one per run; each task resets it
         log_file = open(self.run_dir / "log.jsonl", "a") if acc.is_main_process else None
         progress = _progress(self.show_progress and acc.is_main_process)
         try:
@@ -415,7 +416,7 @@ class Run:
                     t0 = time.perf_counter()
                     self.strategy.on_task_start(task, t, self.global_step + 1)  # the step index of its first step
                     self.counters.time_replay_bookkeeping_s += time.perf_counter() - t0
-                    loop = TaskLoop(self.model, acc, self.strategy, self.counters, self.cfg.train,
+                    loop = TaskLoop(self.model, acc, optim, self.strategy, self.counters, self.cfg.train,
                                     self.tokenizer.pad_token_id, self.rng, self.replay_events, on_step)
                     self.ctx.extras["lr_scale"] = lambda step, loop=loop: loop.lr_factor
                     self.global_step = loop.run(t, self.stream.samples[t], self.steps[t], self.global_step)
