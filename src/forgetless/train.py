@@ -209,17 +209,18 @@ class TaskLoop:
         world, rank = acc.num_processes, acc.process_index
         local = merged[rank::world]
         total_tokens = sum(int((s.labels[1:] != -100).sum()) for s in merged)
+        total_general = sum(s.sample_id < 0 for s in merged)
         chunks = micro_batches(local, self.cfg.grad_accum)
         ids_out, losses_out = [], []
         loss_sum, extra_sum = 0.0, None
         need_hidden = bool(getattr(self.strategy, "needs_hidden_states", False))
-        for ci, (chunk, share) in enumerate(chunks):
+        for ci, (chunk, _) in enumerate(chunks):
             batch = {k: v.to(acc.device) for k, v in collate(chunk, self.pad_id).items()}
             sync = ci == len(chunks) - 1
             ctx = acc.no_sync(self.model) if not sync and world > 1 else nullcontext()
             with ctx, acc.autocast():
                 loss, tok_sum, extra, per_sample = step_loss(self.model, batch, self.strategy, need_hidden,
-                                                             world, total_tokens, share)
+                                                             world, total_tokens, total_general)
             if extra is not None:
                 extra_sum = (extra_sum or 0.0) + extra
             acc.backward(loss)
@@ -251,20 +252,25 @@ def compose_step(samples: list[Sample], sampler: "BatchSampler", strategy: Strat
 
 
 def step_loss(model, batch: dict[str, torch.Tensor], strategy: Strategy, need_hidden: bool, world: int,
-              total_tokens: int, share: int):
+              total_tokens: int, total_general: int):
     """One micro-batch's forward: (loss to backward, its token-loss sum, the extra loss's share as a float or
     None, per-sample mean losses). The loss is this chunk's token sum over the whole step's label count (times
     ``world``: DDP's gradient mean then gives exactly the token mean over the merged batch), plus the strategy's
-    extra loss (a mean over its group's rows) split evenly over that group's ``share`` chunks."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=need_hidden)
+    extra loss (a mean over this chunk's general rows, sample id < 0, as GeRe's) weighted by those rows' share
+    of the step's ``total_general`` general rows, times ``world`` likewise: the extra term is then a row mean
+    over the whole step whatever the number of processes or micro-batches (with unequal shares a plain mean
+    per process weighed GeRe's loss by the share of processes that drew general samples)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=need_hidden,
+                use_cache=False)  # training builds no KV cache (nor conflicts with gradient checkpointing)
     tl, mask = token_losses(out.logits, batch["labels"])
     tok_sum = (tl * mask).sum()
     loss = tok_sum * world / max(total_tokens, 1)
     extra = strategy.extra_loss(batch, out)
     extra_f = None
     if extra is not None:
-        loss = loss + extra / share
-        extra_f = float(extra.detach()) / share
+        w = world * int((batch["sample_ids"] < 0).sum()) / max(total_general, 1)
+        loss = loss + extra * w
+        extra_f = float(extra.detach()) * w / world
     return loss, float(tok_sum.detach()), extra_f, sample_means(tl, mask).detach().float()
 
 
