@@ -260,3 +260,14 @@ def test_one_optimizer_for_a_three_task_run(tmp_path):
     alive = [o for o in gc.get_objects() if isinstance(o, torch.optim.Optimizer) and not hasattr(o, "optimizer")
              and any(id(p) in mine for g in o.param_groups for p in g["params"])]
     assert len(alive) == 1
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_fsdp_and_deepspeed_refused_in_one_line(kind):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    with pytest.raises(InputError, match=f"does not support {kind}"):
+        experiment.check_engine(SimpleNamespace(distributed_type=DistributedType[kind]))
+    experiment.check_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))

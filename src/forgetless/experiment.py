@@ -72,6 +72,15 @@ def _precision(cfg: Config) -> str:
     return p  # bf16 on CPU: torch's CPU autocast, fast where the CPU has AMX / AVX512-BF16
 
 
+def check_engine(accelerator) -> None:
+    """``forgetless run`` trains with DDP (or one process); FSDP and DeepSpeed would run wrong, not fail:
+    its optimizer is prepared apart from the model, and evaluation and saving read the unwrapped model."""
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise InputError(f"forgetless run does not support {kind} (docs/performance.md); launch without it (DDP), "
+                         "or use forgetless.integrations.ReplayTrainer on transformers.Trainer")
+
+
 class Run:
     """Holds everything one run needs; ``execute`` does the work."""
 
@@ -146,6 +155,7 @@ class Run:
         AcceleratorState._reset_state()
         self.accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=not torch.cuda.is_available(),
                                        **accelerator_kwargs(cfg, self.run_dir))
+        check_engine(self.accelerator)
         set_seed(cfg.seed)
         if self.accelerator.device.type == "cpu":
             torch.set_num_threads(cfg.train.cpu_threads)
