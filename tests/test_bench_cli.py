@@ -206,3 +206,25 @@ def test_per_task_and_per_stage_tables_are_means_over_seeds():
     probe = bench.per_stage_md(runs, ["none"], "probe_stages", 3).splitlines()
     assert probe[2] == "| none | 0.600 ± 0.100 | 0.300 ± 0.100 |"
     assert bench.per_stage_md([run("none", 0, [0], [0], [1.0], None)], ["none"], "probe_stages", 3) == ""
+
+
+def test_bench_workers_get_their_own_gpu(monkeypatch):
+    import multiprocessing
+    import os
+
+    from forgetless.bench import _init_worker, visible_gpus, worker_gpus
+
+    assert worker_gpus(4, ["0", "1"]) == ["0", "1", "0", "1"]
+    assert worker_gpus(2, ["3", "5", "6"]) == ["3", "5"]
+    assert worker_gpus(2, []) == [None, None]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 7")
+    assert visible_gpus() == ["2", "7"]
+    counter = multiprocessing.get_context("spawn").Value("i", 0)
+    seen = []
+    for _ in range(3):  # what each new worker process does first, in the order they start
+        _init_worker(worker_gpus(3, ["2", "7"]), counter)
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["2", "7", "2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "x")
+    _init_worker([None], counter)  # no GPU: the environment is left alone
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "x"

@@ -144,8 +144,10 @@ def test_bad_config_one_line_exit_2(tmp_path, override, field):
     assert not (tmp_path / "o" / "t").exists()  # nothing half-written
 
 
-def test_two_processes_share_strategy_state(tmp_path):
-    cfg = _cfg(**{"replay.strategy": "mssr", "name": "mp"})
+def test_two_processes_share_strategy_state_and_match_one(tmp_path):
+    """2 processes (gloo) with a warmup + cosine schedule: the same lr trace, replay decisions and scores as
+    1 process with the same global batch (a scheduler stepped once per process ran the lr to 0 early)."""
+    cfg = _cfg(**{"replay.strategy": "mssr", "name": "mp", "train.schedule": "cosine", "train.warmup_steps": 2})
     cfg_path = _write(tmp_path, cfg)
     out = tmp_path / "mp"
     out.mkdir()
@@ -167,6 +169,15 @@ def test_two_processes_share_strategy_state(tmp_path):
     assert r0["replay_events"], "mssr replayed during task 2"
     saved = json.loads((out / "mp" / "results.json").read_text())
     assert saved["n_processes"] == 2 and saved["acc"] == r0["acc"]
+
+    one = experiment.run(cfg, tmp_path / "one", progress=False)
+    lrs = [[json.loads(ln)["lr"] for ln in (d / "mp" / "log.jsonl").read_text().splitlines()]
+           for d in (out, tmp_path / "one")]
+    # per task (4 steps): warmup 1/2, 2/2, then cosine over the 2 steps left: 1, 0.5
+    assert lrs[0] == pytest.approx([1e-3 * f for f in (0.5, 1.0, 1.0, 0.5)] * 2)
+    assert lrs[0] == pytest.approx(lrs[1])
+    assert one["replay_events"] == r0["replay_events"]
+    assert one["acc"] == r0["acc"]
 
 
 def test_unloadable_model_leaves_no_run_directory(tmp_path):
@@ -231,3 +242,32 @@ def test_fp16_on_cpu_is_refused(tmp_path):
     with pytest.raises(InputError, match="fp16 needs a GPU"):
         experiment.run(_cfg(**{"train.precision": "fp16"}), tmp_path, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_one_optimizer_for_a_three_task_run(tmp_path):
+    """Accelerate keeps every optimizer it prepares: the run builds one, not one per task."""
+    import gc
+
+    import torch
+
+    cfg = _cfg(**{"name": "opt", "data.tasks": ["first_word", "last_word", "compare"], "train.steps_per_task": 2,
+                  "data.general_texts": 0})
+    run = experiment.Run(cfg, experiment.run_dir_for(cfg, tmp_path), progress=False)
+    run.execute()
+    assert len(run.accelerator._optimizers) == 1
+    mine = {id(p) for p in run.base_model.parameters()}
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, torch.optim.Optimizer) and not hasattr(o, "optimizer")
+             and any(id(p) in mine for g in o.param_groups for p in g["params"])]
+    assert len(alive) == 1
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_fsdp_and_deepspeed_refused_in_one_line(kind):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    with pytest.raises(InputError, match=f"does not support {kind}"):
+        experiment.check_engine(SimpleNamespace(distributed_type=DistributedType[kind]))
+    experiment.check_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))

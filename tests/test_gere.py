@@ -434,3 +434,37 @@ def test_align_right_and_left_padding():
     np.testing.assert_array_equal(got, torch.stack([t[1, 2:6], t[0, 1:5]]))
     am = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
     np.testing.assert_array_equal(_align(am, torch.tensor([0, 1]), torch.tensor([2, 0]), 4), torch.ones(2, 4))
+
+
+@pytest.mark.parametrize("loss", ["l2", "kl"])
+def test_aux_gradient_same_on_two_processes_as_on_one(tmp_path, loss):
+    """The loop's loss (train.step_loss) on one process vs its per-rank slices with DDP's gradient mean: the
+    same gradient, GeRe's term included, when the ranks hold unequal numbers of general samples (2 and 1)."""
+    from forgetless.train import micro_batches, step_loss
+
+    st, model, _ = _e2e(tmp_path, loss)
+    st.on_task_start(None, 0, 0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    task = [Sample(i, 0, np.arange(2, 22), np.r_[[-100] * 10, np.arange(12, 22)]) for i in range(3)]
+    merged = [task[0], *st.replay_batch(1, 4).samples, task[1], task[2]]  # general at 1, 2, 3: ranks 1, 0, 1
+    total = sum(int((s.labels[1:] != -100).sum()) for s in merged)
+    n_general = sum(s.sample_id < 0 for s in merged)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads(world):
+        out = [torch.zeros_like(p) for p in params]
+        for rank in range(world):
+            for chunk, _ in micro_batches(merged[rank::world], 1):
+                loss, *_ = step_loss(model, collate(chunk, 0), st, True, world, total, n_general)
+                for acc, g in zip(out, torch.autograd.grad(loss, params, allow_unused=True)):
+                    if g is not None:
+                        acc += g / world  # DDP averages the ranks' gradients
+        return out
+
+    one, two = grads(1), grads(2)
+    assert sum(float(g.abs().sum()) for g in one) > 0
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

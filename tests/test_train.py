@@ -8,7 +8,7 @@ from forgetless.config import TrainConfig
 from forgetless.data.task import Sample
 from forgetless.replay.base import BaseStrategy, ReplayBatch, WorkCounters
 from forgetless.losses import token_losses
-from forgetless.train import BatchSampler, TaskLoop, collate, steps_for_task
+from forgetless.train import BatchSampler, Optimization, TaskLoop, collate, steps_for_task
 
 
 def _sample(i, n_prompt, n_target, task=0):
@@ -79,7 +79,8 @@ def _loop(model, strategy, accum=1):
 
     acc = Accelerator(cpu=True)
     m = acc.prepare(model)
-    return TaskLoop(m, acc, strategy, WorkCounters(), TrainConfig(batch_size=4, lr=1e-2, grad_accum=accum),
+    cfg = TrainConfig(batch_size=4, lr=1e-2, grad_accum=accum)
+    return TaskLoop(m, acc, Optimization(m, acc, cfg), strategy, WorkCounters(), cfg,
                     pad_id=0, rng=np.random.default_rng(0))
 
 
@@ -111,3 +112,52 @@ def test_grad_accumulation_gives_the_same_update():
         results.append([p.detach().clone() for p in loop.model.parameters()])
     for a, b in zip(*results):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_full_finetuning_keeps_fp32_master_weights():
+    """Full fine-tuning loads fp32 weights under dtype auto (bf16 on a GPU otherwise) and trains them under
+    bf16 autocast: an AdamW step smaller than bf16's resolution still moves them (pure bf16 would not)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from forgetless.model import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cuda"), full_finetune=True) == torch.float32
+    AcceleratorState._reset_state()
+    acc = Accelerator(cpu=True, mixed_precision="bf16")
+    m = acc.prepare(_model())
+    cfg = TrainConfig(batch_size=4, lr=1e-6, max_grad_norm=None)
+    loop = TaskLoop(m, acc, Optimization(m, acc, cfg), _Recorder([]), WorkCounters(), cfg, pad_id=0,
+                    rng=np.random.default_rng(0))
+    w = m.model.layers[0].mlp.up_proj.weight
+    before = w.detach().clone()
+    loop.run(0, [_sample(i, 3, 2) for i in range(8)], steps=1, global_step=0)
+    AcceleratorState._reset_state()
+    assert w.dtype == torch.float32
+    moved = w.detach() != before
+    assert moved.float().mean() > 0.5
+    delta = (w.detach() - before)[moved]
+    # the same update applied to bf16 weights: rounds away for nearly all of them
+    as_bf16 = before.bfloat16()[moved]
+    assert ((as_bf16.float() + delta).bfloat16() == as_bf16).float().mean() > 0.9
+
+
+def test_gradient_checkpointing_same_gradient_and_attn_option():
+    from forgetless.config import LoraConfig, ModelConfig
+    from forgetless.model import load_model
+    from forgetless.train import step_loss
+
+    batch = collate([_sample(0, 2, 3), _sample(1, 4, 2)], pad_id=0)
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)  # the same LoRA initialisation
+        model, _ = load_model(ModelConfig(lora=LoraConfig(r=4), gradient_checkpointing=ckpt,
+                                          attn_implementation="eager"), device="cpu")
+        assert model.base_model.model.is_gradient_checkpointing == ckpt
+        assert model.config._attn_implementation == "eager"
+        model.train()
+        loss, *_ = step_loss(model, batch, BaseStrategy(None), False, 1, 5, 0)
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -249,6 +249,36 @@ def write_plots(out: Path, rows: list[dict], results: list[dict]) -> None:
     save(fig, "accuracy_matrices.png")
 
 
+def worker_gpus(jobs: int, visible: list[str]) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES of each of ``jobs`` workers: round-robin over the visible GPUs (None: no GPU),
+    so that N workers on N GPUs do not all run on cuda:0."""
+    return [visible[i % len(visible)] if visible else None for i in range(jobs)]
+
+
+def visible_gpus() -> list[str]:
+    """This process's GPUs as CUDA_VISIBLE_DEVICES entries (its own setting when it has one)."""
+    import os
+
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _init_worker(gpus: list[str | None], counter) -> None:
+    """Each worker takes the next slot of ``gpus`` before anything touches CUDA."""
+    import os
+
+    with counter.get_lock():
+        slot = counter.value
+        counter.value += 1
+    gpu = gpus[slot % len(gpus)]
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
 def _run_one(cfg_json: dict, runs_dir: str, progress: bool) -> dict:
     """One grid cell; a top-level function so worker processes can run it."""
     from forgetless.config import Config as _Config
@@ -307,7 +337,8 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
 
     ``jobs`` > 1 runs that many runs at once in worker processes (each with ``train.cpu_threads``
     threads): the demo uses 2 on a 2-core machine. Wall-clock ratios are then measured under that
-    shared load; use jobs=1 for timing comparisons.
+    shared load; use jobs=1 for timing comparisons. On several GPUs each worker gets its own
+    (CUDA_VISIBLE_DEVICES, round-robin over the visible ones: ``worker_gpus``).
     """
     import shutil
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -336,7 +367,9 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
             if on_run is not None:
                 on_run(i + 1, len(grid), results[i])
     else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(worker_gpus(jobs, visible_gpus()), ctx.Value("i", 0))) as pool:
             futures = {pool.submit(_run_one, c, str(out / "runs"), False): i for i, c in enumerate(cells)}
             for done, fut in enumerate(as_completed(futures), start=1):
                 i = futures[fut]

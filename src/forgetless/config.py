@@ -45,9 +45,15 @@ class ModelConfig(_Strict):
     name: str = "tiny"
     revision: str | None = None
     allow_download: bool = True  # a hub id missing from the local cache may be downloaded
+    # weights as loaded. auto: bfloat16 on a GPU that has it, else float32; float32 for full fine-tuning
+    # (the trained weights are the master copy; train.precision autocasts the compute to bf16)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
     lora: LoraConfig = LoraConfig()
+    # the attention kernel (transformers' attn_implementation); None: transformers' choice (sdpa where it can)
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None = None
+    # recompute activations in the backward pass (less memory, about a third more compute per step)
+    gradient_checkpointing: bool = False
 
 
 class TaskFileConfig(_Strict):

@@ -73,6 +73,15 @@ def _precision(cfg: Config) -> str:
     return p  # bf16 on CPU: torch's CPU autocast, fast where the CPU has AMX / AVX512-BF16
 
 
+def check_engine(accelerator) -> None:
+    """``forgetless run`` trains with DDP (or one process); FSDP and DeepSpeed would run wrong, not fail:
+    its optimizer is prepared apart from the model, and evaluation and saving read the unwrapped model."""
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise InputError(f"forgetless run does not support {kind} (docs/performance.md); launch without it (DDP), "
+                         "or use forgetless.integrations.ReplayTrainer on transformers.Trainer")
+
+
 class Run:
     """Holds everything one run needs; ``execute`` does the work."""
 
@@ -147,6 +156,7 @@ class Run:
         AcceleratorState._reset_state()
         self.accelerator = Accelerator(mixed_precision=_precision(cfg), cpu=not torch.cuda.is_available(),
                                        **accelerator_kwargs(cfg, self.run_dir))
+        check_engine(self.accelerator)
         set_seed(cfg.seed)
         if self.accelerator.device.type == "cpu":
             torch.set_num_threads(cfg.train.cpu_threads)
@@ -377,7 +387,7 @@ class Run:
             self.lock.release()
 
     def _execute(self) -> dict:
-        from forgetless.train import TaskLoop
+        from forgetless.train import Optimization, TaskLoop
 
         acc = self.accelerator
         start = self._last_stage() if self.resume else -1
@@ -393,6 +403,7 @@ class Run:
             self._save_stage(0, row, ppl)
             start = 0
 
+        optim = Optimization(self.model, acc, self.cfg.train)  # one per run; each task resets it
         log_file = open(self.run_dir / "log.jsonl", "a") if acc.is_main_process else None
         progress = _progress(self.show_progress and acc.is_main_process)
         try:
@@ -417,7 +428,7 @@ class Run:
                     t0 = time.perf_counter()
                     self.strategy.on_task_start(task, t, self.global_step + 1)  # the step index of its first step
                     self.counters.time_replay_bookkeeping_s += time.perf_counter() - t0
-                    loop = TaskLoop(self.model, acc, self.strategy, self.counters, self.cfg.train,
+                    loop = TaskLoop(self.model, acc, optim, self.strategy, self.counters, self.cfg.train,
                                     self.tokenizer.pad_token_id, self.rng, self.replay_events, on_step)
                     self.ctx.extras["lr_scale"] = lambda step, loop=loop: loop.lr_factor
                     self.global_step = loop.run(t, self.stream.samples[t], self.steps[t], self.global_step)

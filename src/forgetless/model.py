@@ -242,9 +242,14 @@ def _tokenizer_from(path: str, local: bool, name: str, revision: str | None, tru
     return tok
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str, device: torch.device, full_finetune: bool = False) -> torch.dtype:
+    """The load dtype. ``auto`` keeps fully fine-tuned weights in fp32: AdamW on bf16 weights rounds
+    away every update below bf16's resolution (about 0.4% of a weight); the compute still runs in bf16
+    under the run's autocast. LoRA adapters are fp32 either way (PEFT), over a bf16 frozen base."""
     if dtype != "auto":
         return _DTYPES[dtype]
+    if full_finetune:
+        return torch.float32
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
@@ -267,16 +272,19 @@ def load_model(cfg: ModelConfig, device=None):
     tokenizer = _tokenizer_from(path, local, cfg.name, cfg.revision, cfg.trust_remote_code)
     if local:
         _refuse_pickle_weights(Path(path), cfg.name)
+    extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-            dtype=resolve_dtype(cfg.dtype, device), local_files_only=local)
+            dtype=resolve_dtype(cfg.dtype, device, not cfg.lora.enabled), local_files_only=local, **extra)
     except Exception as e:  # noqa: BLE001 - a corrupt safetensors or a config.json that is a list raise
         # SafetensorError, TypeError, ...: all are a bad model directory, reported in one line
         raise InputError(f"cannot load model {cfg.name!r}: {_first_line(e)}", field="model.name") from e
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device)
+    if cfg.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and under DDP
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora.enabled:
         model = attach_lora(model, cfg.lora)
     else:

@@ -88,20 +88,52 @@ class BatchSampler:
         return np.concatenate(out)
 
 
-def make_optimizer(model, cfg: TrainConfig, steps: int):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def lr_factor(cfg: TrainConfig, steps: int, step: int) -> float:
+    """This task's lr / base lr at its ``step`` (0-based): linear warmup, then constant or cosine to 0."""
     warm = cfg.warmup_steps
+    if warm and step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "cosine":
+        progress = (step - warm) / max(1, steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
 
-    def factor(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        if cfg.schedule == "cosine":
-            progress = (step - warm) / max(1, steps - warm)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+class Optimization:
+    """The run's one AdamW, prepared once, and each task's learning-rate schedule.
+
+    Accelerate keeps every optimizer it prepares (``Accelerator._optimizers``), so one per task would
+    leak its state; here each task clears the moments instead (a fresh start per task, as before).
+    The lr is set here once per optimizer step: a scheduler passed to ``accelerator.prepare`` is
+    stepped ``num_processes`` times per step (AcceleratedScheduler without ``split_batches``), which
+    ran a cosine schedule to 0 after 1/N of each task on N processes.
+    """
+
+    def __init__(self, model, accelerator, cfg: TrainConfig):
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.cfg = cfg
+        self.opt = accelerator.prepare_optimizer(torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
+        self.steps, self.pos = 1, 0
+
+    def start_task(self, steps: int) -> None:
+        getattr(self.opt, "optimizer", self.opt).state.clear()
+        self.steps, self.pos = steps, 0
+        self._set_lr()
+
+    @property
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def _set_lr(self) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = self.cfg.lr * lr_factor(self.cfg, self.steps, self.pos)
+
+    def step(self) -> None:
+        self.opt.step()
+        if not getattr(self.opt, "step_was_skipped", False):  # fp16 overflow: no step, no schedule advance
+            self.pos += 1
+            self._set_lr()
+        self.opt.zero_grad(set_to_none=True)
 
 
 @dataclass
@@ -114,7 +146,7 @@ class StepLog:
     replay_share: float
     tokens: int
     tokens_per_s: float
-    lr: float
+    lr: float  # the lr this step trained with
     extra_loss: float | None = None
 
 
@@ -124,6 +156,7 @@ class TaskLoop:
 
     model: Any  # prepared by the accelerator
     accelerator: Any
+    optim: Optimization  # the run's optimizer: one per run, not per task
     strategy: Strategy
     counters: WorkCounters
     cfg: TrainConfig
@@ -134,9 +167,7 @@ class TaskLoop:
     lr_factor: float = 1.0  # this step's lr / base lr (MSSR's "lr" interference reads it)
 
     def run(self, task_index: int, samples: list[Sample], steps: int, global_step: int) -> int:
-        acc = self.accelerator
-        opt, sched = make_optimizer(self.model, self.cfg, steps)
-        opt, sched = acc.prepare(opt, sched)
+        self.optim.start_task(steps)
         sampler = BatchSampler(len(samples), self.cfg.batch_size, self.rng)
         self.model.train()
         for _ in range(steps):
@@ -144,11 +175,12 @@ class TaskLoop:
             t0 = time.perf_counter()
             new, replay, merged = compose_step(samples, sampler, self.strategy, global_step, self.cfg.batch_size, self.rng)
             t1 = time.perf_counter()
-            self.lr_factor = float(sched.get_last_lr()[0]) / self.cfg.lr
+            lr = self.optim.lr
+            self.lr_factor = lr / self.cfg.lr
             if replay:
                 self.replay_events.append({"step": global_step, "task": task_index, "n_samples": len(replay),
                                            "n_tokens": sum(s.n_tokens for s in replay)})
-            log = self._train_step(merged, opt, sched)
+            log = self._train_step(merged)
             t2 = time.perf_counter()
             self.strategy.observe(log["ids"], log["losses"], global_step)
             t3 = time.perf_counter()
@@ -169,26 +201,27 @@ class TaskLoop:
                     new_loss=float(log["losses"][new_mask].mean()),
                     replay_samples=len(replay), replay_share=len(replay) / len(merged),
                     tokens=n_new_tok + n_rep_tok, tokens_per_s=(n_new_tok + n_rep_tok) / max(t3 - t0, 1e-9),
-                    lr=float(sched.get_last_lr()[0]), extra_loss=log["extra"],
+                    lr=lr, extra_loss=log["extra"],
                 ))
         return global_step
 
-    def _train_step(self, merged: list[Sample], opt, sched) -> dict:
+    def _train_step(self, merged: list[Sample]) -> dict:
         acc = self.accelerator
         world, rank = acc.num_processes, acc.process_index
         local = merged[rank::world]
         total_tokens = sum(int((s.labels[1:] != -100).sum()) for s in merged)
+        total_general = sum(s.sample_id < 0 for s in merged)
         chunks = micro_batches(local, self.cfg.grad_accum)
         ids_out, losses_out = [], []
         loss_sum, extra_sum = 0.0, None
         need_hidden = bool(getattr(self.strategy, "needs_hidden_states", False))
-        for ci, (chunk, share) in enumerate(chunks):
+        for ci, (chunk, _) in enumerate(chunks):
             batch = {k: v.to(acc.device) for k, v in collate(chunk, self.pad_id).items()}
             sync = ci == len(chunks) - 1
             ctx = acc.no_sync(self.model) if not sync and world > 1 else nullcontext()
             with ctx, acc.autocast():
                 loss, tok_sum, extra, per_sample = step_loss(self.model, batch, self.strategy, need_hidden,
-                                                             world, total_tokens, share)
+                                                             world, total_tokens, total_general)
             if extra is not None:
                 extra_sum = (extra_sum or 0.0) + extra
             acc.backward(loss)
@@ -197,9 +230,7 @@ class TaskLoop:
             loss_sum += tok_sum
         if self.cfg.max_grad_norm is not None:
             acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        self.optim.step()
         ids = torch.cat(ids_out)
         losses = torch.cat(losses_out)
         if world > 1:
@@ -222,20 +253,25 @@ def compose_step(samples: list[Sample], sampler: "BatchSampler", strategy: Strat
 
 
 def step_loss(model, batch: dict[str, torch.Tensor], strategy: Strategy, need_hidden: bool, world: int,
-              total_tokens: int, share: int):
+              total_tokens: int, total_general: int):
     """One micro-batch's forward: (loss to backward, its token-loss sum, the extra loss's share as a float or
     None, per-sample mean losses). The loss is this chunk's token sum over the whole step's label count (times
     ``world``: DDP's gradient mean then gives exactly the token mean over the merged batch), plus the strategy's
-    extra loss (a mean over its group's rows) split evenly over that group's ``share`` chunks."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=need_hidden)
+    extra loss (a mean over this chunk's general rows, sample id < 0, as GeRe's) weighted by those rows' share
+    of the step's ``total_general`` general rows, times ``world`` likewise: the extra term is then a row mean
+    over the whole step whatever the number of processes or micro-batches (with unequal shares a plain mean
+    per process weighed GeRe's loss by the share of processes that drew general samples)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=need_hidden,
+                use_cache=False)  # training builds no KV cache (nor conflicts with gradient checkpointing)
     tl, mask = token_losses(out.logits, batch["labels"])
     tok_sum = (tl * mask).sum()
     loss = tok_sum * world / max(total_tokens, 1)
     extra = strategy.extra_loss(batch, out)
     extra_f = None
     if extra is not None:
-        loss = loss + extra / share
-        extra_f = float(extra.detach()) / share
+        w = world * int((batch["sample_ids"] < 0).sum()) / max(total_general, 1)
+        loss = loss + extra * w
+        extra_f = float(extra.detach()) * w / world
     return loss, float(tok_sum.detach()), extra_f, sample_means(tl, mask).detach().float()
 
 

@@ -287,6 +287,7 @@ class ReplayMixin:
         acc = self.accelerator
         local = merged[acc.process_index :: acc.num_processes]
         total = sum(int((s.labels[1:] != -100).sum()) for s in merged)
+        n_general = sum(s.sample_id < 0 for s in merged)
         chunks = micro_batches(local, num_batches)
         task = [(c, n) for c, n in chunks if c[0].sample_id >= 0]
         general = [(c, n) for c, n in chunks if c[0].sample_id < 0]
@@ -294,11 +295,11 @@ class ReplayMixin:
             raise RuntimeError(f"{len(local)} samples on this process cannot fill {num_batches} micro-batches")
         pad = self._pad_id()
         batches = []
-        for i, (chunk, share) in enumerate(task):
-            parts = [(chunk, share)] + ([general[i]] if i < len(general) else [])
+        for i, (chunk, _) in enumerate(task):
+            parts = [chunk] + ([general[i][0]] if i < len(general) else [])
             if self.is_deepspeed_enabled and len(parts) > 1:  # one backward per micro-batch under DeepSpeed
-                parts = [(parts[0][0] + parts[1][0], parts[1][1])]
-            b = [{**collate(c, pad), "fl_share": n, "fl_total": total} for c, n in parts]
+                parts = [parts[0] + parts[1]]
+            b = [{**collate(c, pad), "fl_general": n_general, "fl_total": total} for c in parts]
             batches.append({**b[0], "fl_more": b[1:]})
         return batches, None
 
@@ -314,11 +315,11 @@ class ReplayMixin:
         out_loss = None
         shown = 0.0
         for i, part in enumerate(parts):
-            share, total = part.pop("fl_share"), part.pop("fl_total")
+            n_general, total = part.pop("fl_general"), part.pop("fl_total")
             last = i == len(parts) - 1
             with nullcontext() if last else self.accelerator.no_sync(model):
                 loss, tok_sum, extra, per_sample = step_loss(model, part, self.strategy, need_hidden, world,
-                                                             total, share)
+                                                             total, n_general)
                 if not last:
                     self.accelerator.backward(loss)
             self._pending.append((part["sample_ids"], per_sample, tok_sum))
