@@ -56,6 +56,11 @@ class ModelConfig(_Strict):
     gradient_checkpointing: bool = False
 
 
+# share of a task's training records set aside as dev (by hash, like test) when its source has no
+# dev split: task files (per file: dev_fraction) and benchmark presets
+DEV_FRACTION = 0.1
+
+
 class TaskFileConfig(_Strict):
     """A user task file. Field names map the file's columns to ours."""
 
@@ -64,8 +69,7 @@ class TaskFileConfig(_Strict):
     kind: Literal["generation", "multiple_choice"] | None = None  # default: inferred from fields
     test_path: str | None = None  # default: split off test_fraction of the file
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    # share of the training records set aside as dev when the file has no dev split (by hash, like test)
-    dev_fraction: float = Field(0.1, ge=0, lt=1)
+    dev_fraction: float = Field(DEV_FRACTION, ge=0, lt=1)  # of the records, as dev, when the file has none
     fields: dict[str, str] = {}  # e.g. {"prompt": "question", "target": "answer"}
     metric: Metric | None = None  # default: exact_match (generation) or accuracy (multiple choice)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from forgetless.config import TaskFileConfig
+from forgetless.config import DEV_FRACTION
 from forgetless.data.task import Example, Task, split_by_hash
 from forgetless.errors import InputError
 
@@ -142,7 +142,7 @@ def _task(name: str, kind: str, folder: Path, examples, test_names: tuple[str, .
     train_file = folder / "train.json"
     test_file = next((folder / n for n in test_names if (folder / n).is_file()), folder / test_names[0])
     train = examples(train_file)
-    n_dev = round(len(train) * TaskFileConfig.model_fields["dev_fraction"].default)
+    n_dev = round(len(train) * DEV_FRACTION)
     train, dev, _ = split_by_hash(train, min(n_dev, max(len(train) - 1, 0)), 0)
     return Task(name=name, kind=kind, train=train, test=examples(test_file), dev=dev, source=str(folder),
                 metric=metric, files={"train": str(train_file), "dev": str(train_file), "test": str(test_file)})
