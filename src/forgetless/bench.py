@@ -193,7 +193,7 @@ def write_plots(out: Path, rows: list[dict], results: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from forgetless.report import plot_matrix, plot_task_curves, save_png
+    from forgetless.report import plot_matrix, plot_task_curves, save_png, strategy_style
 
     def save(fig, name):
         save_png(fig, out / "plots" / name)
@@ -207,9 +207,10 @@ def write_plots(out: Path, rows: list[dict], results: list[dict]) -> None:
                          key=lambda r: r["replay_tokens"])
             if not pts:
                 continue
+            color, marker = strategy_style(i)
             ax.errorbar([r["replay_tokens"] for r in pts], [r[key] for r in pts],
                         xerr=[r["replay_tokens_std"] or 0 for r in pts], yerr=[r[key + "_std"] or 0 for r in pts],
-                        fmt="o-", capsize=3, label=name, color=f"C{i % 10}")
+                        fmt="-", marker=marker, capsize=3, label=name, color=color)
         ax.set_xlabel("replay tokens per run")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from forgetless.errors import InputError
@@ -182,6 +183,68 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
                           on_run=on_run, budgets=sweep, fresh=fresh)
     console.print(_metrics_table(payload["rows"], f"bench {out}"))
     console.print(f"table: {out / 'bench.md'}")
+
+
+@app.command("budget")
+def budget_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (default: the demo config)."),
+               strategies: str = typer.Option("uniform,mssr", help="Comma-separated replaying strategies."),
+               max_forgetting: Optional[float] = typer.Option(None, "--max-forgetting",
+                                                              help="Target: forgetting at most this (e.g. 0.05)."),
+               max_gap: Optional[float] = typer.Option(None, "--max-gap",
+                                                       help="Target: AP at most this below joint training."),
+               seeds: int = typer.Option(2, help="Seeds 0..N-1 per budget tried."),
+               min_budget: float = typer.Option(0.01, "--min", help="Smallest budget to try (share of new data)."),
+               max_budget: float = typer.Option(0.5, "--max", help="Largest budget to try (below 1)."),
+               resolution: float = typer.Option(1.5, help="Stop when the answer and the budget below it differ "
+                                                "by at most this factor."),
+               set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+               output: Optional[str] = typer.Option(None, "--output", help="Directory (default bench/<name>-budget)."),
+               jobs: int = typer.Option(1, "--jobs", help="Runs at once."),
+               quiet: bool = typer.Option(False, "--quiet", help="No progress lines.")) -> None:
+    """How much should I replay? The smallest replay budget per strategy that keeps forgetting (or
+    the AP gap to joint training) under a target; reuses every finished run."""
+    from pathlib import Path
+
+    from forgetless import bench, budget_search
+    from forgetless.config import apply_overrides, from_dict, load_config
+
+    if (max_forgetting is None) == (max_gap is None):
+        raise InputError("give exactly one target: --max-forgetting X or --max-gap X")
+    if not 1 <= seeds <= 1000 or jobs < 1:
+        raise InputError(f"--seeds must be 1..1000 and --jobs at least 1 (got {seeds}, {jobs})")
+    if max_budget >= 1:
+        raise InputError(f"--max must be below 1 (a share of the new data; replay.budget >= 1 counts samples), "
+                         f"got {max_budget:g}")
+    if config is None:
+        cfg = from_dict(apply_overrides(bench.demo_config().model_dump(mode="json"), set_), "demo config")
+    else:
+        cfg = load_config(config, set_)
+    out = Path(output) if output else Path("bench") / f"{cfg.name}-budget"
+    metric, target = ("forgetting", max_forgetting) if max_forgetting is not None else ("gap", max_gap)
+
+    def on_level(strategy, value, new, reused):
+        if not quiet:
+            what = "reference" if value is None else f"budget {value:g}"
+            console.print(escape(f"{strategy} {what}: {new} run(s) to do, {reused} reused"), highlight=False)
+
+    payload = budget_search.run_search(cfg, [s for s in strategies.split(",") if s.strip()], list(range(seeds)), out,
+                                       metric=metric, target=target, lo=min_budget, hi=max_budget,
+                                       resolution=resolution, jobs=jobs, on_level=on_level)
+    table = Table(title=f"smallest replay budget with {metric} <= {target:g} (mean of {seeds} seed(s))")
+    for col in ("strategy", "budget", "replay samples", "replay tokens", "share of new tokens", metric, "next lower"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for a in payload["_answers"]:
+        r = budget_search.answer_row(a)
+        if r["budget"] is None:
+            table.add_row(escape(a.strategy), "not reached", "–", "–", "–", "–", escape(r["reason"]))
+            continue
+        share = f"{r['share_tokens']:.1%}" if r.get("share_tokens") is not None else "–"
+        below = f"{r['below']:g} ({r['below_value']:.3f})" if r["below_value"] is not None else "–"
+        table.add_row(escape(a.strategy), f"{r['budget']:g}", f"{r['replay_samples']:,.0f}",
+                      f"{r['replay_tokens']:,.0f}", share, f"{r['value']:.3f} ± {r['value_std']:.3f}", below)
+    console.print(table)
+    console.print(escape(f"{payload['new_runs']} runs new, {payload['reused_runs']} reused; evidence: "
+                         f"{out / 'budget.md'}  curve: {out / 'plots' / 'budget_curve.png'}"), highlight=False)
 
 
 @app.command()
