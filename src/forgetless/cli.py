@@ -114,26 +114,50 @@ def demo(quick: bool = typer.Option(False, "--quick", help="Fewer tasks, steps a
          output: str = typer.Option("runs/demo", "--output", help="Where the demo's runs, table and plots go."),
          jobs: int = typer.Option(2, "--jobs", help="Runs at once (one CPU thread each)."),
          fresh: bool = typer.Option(False, "--fresh", help="Delete earlier demo runs first (they are reused otherwise)."),
-         quiet: bool = typer.Option(False, "--quiet")) -> None:
+         quiet: bool = typer.Option(False, "--quiet", help="No progress display.")) -> None:
     """Every strategy on the bundled tiny model and the built-in suite: forgetting and its cure."""
     from pathlib import Path
 
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     from forgetless import bench
 
+    if jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {jobs}")
     cfg = bench.demo_config(quick)
     strategies = bench.QUICK_STRATEGIES if quick else bench.DEMO_STRATEGIES
     out = Path(output) / ("quick" if quick else "full")
-    console.print(f"demo: {len(strategies)} strategies on {', '.join(cfg.data.tasks)} "
-                  f"({cfg.train.steps_per_task} steps per task, tiny model) -> {out}")
+    console.print(escape(f"demo: {len(strategies)} strategies on {', '.join(cfg.data.tasks)} "
+                         f"({cfg.train.steps_per_task} steps per task, tiny model) -> {out}"), highlight=False)
+    pending = list(strategies)  # runs start in this order, `jobs` at a time
+    bar = Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[current]}"),
+                   TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console,
+                   disable=quiet, transient=True)
+
+    def current() -> str:
+        return escape("running " + ", ".join(pending[:jobs])) if pending else ""
 
     def on_run(i, n, res):
         m = res["metrics"]
-        console.print(f"[{i}/{n}] {res['strategy']:<20} AP {m['ap']:.3f}  BWT {m['bwt']:.3f}")
+        if res["strategy"] in pending:
+            pending.remove(res["strategy"])
+        console.print(escape(f"[{i}/{n}] {res['strategy']:<20} AP {m['ap']:.3f}  BWT {m['bwt']:.3f}"), highlight=False)
+        bar.update(task, completed=i, current=current())
 
-    payload = bench.bench(cfg, strategies, [cfg.seed], out=out, jobs=jobs, progress=not quiet, on_run=on_run,
-                          fresh=fresh)
+    with bar:
+        task = bar.add_task("demo", total=len(strategies), current=current())
+        payload = bench.bench(cfg, strategies, [cfg.seed], out=out, jobs=jobs, progress=False, on_run=on_run,
+                              fresh=fresh)
     console.print(_metrics_table(payload["rows"], "forgetting and its cure (tiny model, built-in tasks)"))
-    console.print(f"table: {out / 'bench.md'}  plots: {out / 'plots'}")
+    noise = None if quick else bench.demo_noise(cfg)
+    console.print(escape(bench.reading(payload["rows"], noise["noise"] if noise else None)), highlight=False)
+    if noise is not None:
+        console.print(escape(f"(seed noise measured over {noise['seeds']} seeds by `{noise['command']}`; "
+                             "docs/results.md)"), highlight=False)
+    elif not quick:
+        console.print(escape(f"(one seed: how large a difference is noise is measured by `{bench.DEMO_NOISE_COMMAND}`, "
+                             "not yet for this demo config)"), highlight=False)
+    console.print(escape(f"table: {out / 'bench.md'}  plots: {out / 'plots'}"), highlight=False)
 
 
 @app.command("bench")
