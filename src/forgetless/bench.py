@@ -137,6 +137,48 @@ def paired_md(runs: list[dict], strategies: list[str], references=("uniform", "f
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def noise_floor(runs: list[dict], key: str = "ap") -> dict | None:
+    """How large a difference between two single-seed runs is noise on this stream.
+
+    ``sigma`` is the std over seeds of ``key``, pooled over every (strategy, order, budget) that ran
+    two or more seeds; a difference of two single-seed scores has std ``sigma * sqrt(2)``, so one
+    under ``2 * sqrt(2) * sigma`` (``noise``) is within the 95% band of seed noise."""
+    groups: dict[tuple, list[float]] = {}
+    for r in runs:
+        if r.get(key) is not None:
+            groups.setdefault((r["strategy"], r.get("order", 0), r.get("budget")), []).append(r[key])
+    groups = {k: v for k, v in groups.items() if len(v) >= 2}
+    if not groups:
+        return None
+    ss = sum(float(np.var(v, ddof=1)) * (len(v) - 1) for v in groups.values())
+    dof = sum(len(v) - 1 for v in groups.values())
+    sigma = float(np.sqrt(ss / dof))
+    return {"key": key, "sigma": sigma, "noise": float(2 * np.sqrt(2) * sigma), "groups": len(groups),
+            "seeds": max(len(v) for v in groups.values())}
+
+
+def reading(rows: list[dict], noise: float | None = None, key: str = "ap") -> str:
+    """A plain reading of a table: who leads, and which gaps are inside the noise."""
+    scored = sorted((r for r in rows if r.get(key) is not None and r["strategy"] != "joint"),
+                    key=lambda r: -r[key])
+    if not scored:
+        return ""
+
+    def names(rs):
+        return ", ".join(f"{r['strategy']} {r[key]:.3f}" for r in rs)
+
+    label = key.upper()
+    if noise is None:
+        return f"Highest {label} (joint training aside): {names(scored[:3])}."
+    tied = [r for r in scored if scored[0][key] - r[key] < noise]
+    rest = scored[len(tied):]
+    text = f"Leading on {label} (joint training aside): {names(tied)}"
+    text += " (within noise of each other)." if len(tied) > 1 else "."
+    if rest:
+        text += f" Next: {names(rest[:3])}."
+    return text + f" A difference under {noise:.3f} {label} between two single-seed runs is noise on this stream."
+
+
 def _pm(values: list, digits: int) -> str:
     m, s = _mean_std(values)
     if m is None:
@@ -202,7 +244,7 @@ def write_plots(out: Path, rows: list[dict], results: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from forgetless.report import plot_matrix, plot_task_curves, save_png
+    from forgetless.report import plot_matrix, plot_task_curves, save_png, strategy_style
 
     def save(fig, name):
         save_png(fig, out / "plots" / name)
@@ -216,9 +258,10 @@ def write_plots(out: Path, rows: list[dict], results: list[dict]) -> None:
                          key=lambda r: r["replay_tokens"])
             if not pts:
                 continue
+            color, marker = strategy_style(i)
             ax.errorbar([r["replay_tokens"] for r in pts], [r[key] for r in pts],
                         xerr=[r["replay_tokens_std"] or 0 for r in pts], yerr=[r[key + "_std"] or 0 for r in pts],
-                        fmt="o-", capsize=3, label=name, color=f"C{i % 10}")
+                        fmt="-", marker=marker, capsize=3, label=name, color=color)
         ax.set_xlabel("replay tokens per run")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -396,6 +439,12 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
           "replay smp / tok: samples and tokens replayed per run (general samples included); spent/budget: "
           "task replay spent over `replay.budget` (below 1: underspend, never replayed later).", "",
           table_md(rows), ""]
+    noise = noise_floor(summaries)
+    payload["noise"] = noise
+    if noise is not None:
+        md += [f"Seed noise: AP std over seeds {noise['sigma']:.3f} (pooled over {noise['groups']} strategy cells); "
+               f"a difference under {noise['noise']:.3f} AP between two single-seed runs is within it.", ""]
+    md += [reading(rows, noise["noise"] if noise else None), ""]
     pairs = paired_md(summaries, strategies)
     if pairs:
         md += ["Paired AP differences (same seed, order and budget; wins: seeds where the strategy is higher):", "",
@@ -416,6 +465,28 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
            "![per-task accuracy](plots/task_accuracy.png)", "", "![accuracy matrices](plots/accuracy_matrices.png)", ""]
     atomic_write_text(out / "bench.md", "\n".join(md))
     return payload
+
+
+DEMO_NOISE = Path(__file__).parent / "assets" / "demo_noise.json"
+DEMO_NOISE_COMMAND = "python benchmarks/demo_noise.py"
+
+
+def config_digest(cfg: Config) -> str:
+    """Identifies a config's settings (not its name or output place) for figures measured on it."""
+    import hashlib
+
+    raw = cfg.model_dump(mode="json")
+    raw.pop("name", None), raw.pop("output_dir", None), raw.pop("seed", None)
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def demo_noise(cfg: Config) -> dict | None:
+    """The demo stream's seed noise, measured over seeds by DEMO_NOISE_COMMAND; None when that
+    measurement was made on another demo config (it would no longer say anything)."""
+    if not DEMO_NOISE.is_file():
+        return None
+    saved = json.loads(DEMO_NOISE.read_text())
+    return saved if saved.get("config_digest") == config_digest(cfg) else None
 
 
 DEMO_STRATEGIES = ["none", "joint", "uniform", "fixed", "loss_triggered", "accuracy_triggered", "mssr",

@@ -142,22 +142,46 @@ def demo(quick: bool = typer.Option(False, "--quick", help="Fewer tasks, steps a
     """Every strategy on the bundled tiny model and the built-in suite: forgetting and its cure."""
     from pathlib import Path
 
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     from forgetless import bench
 
+    if jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {jobs}")
     cfg = bench.demo_config(quick)
     strategies = bench.QUICK_STRATEGIES if quick else bench.DEMO_STRATEGIES
     out = Path(output) / ("quick" if quick else "full")
     console.print(f"demo: {len(strategies)} strategies on {', '.join(cfg.data.tasks)} "
-                  f"({cfg.train.steps_per_task} steps per task, tiny model) -> {out}")
+                  f"({cfg.train.steps_per_task} steps per task, tiny model) -> {out}", highlight=False)
+    pending = list(strategies)  # runs start in this order, `jobs` at a time
+    bar = Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[current]}", markup=False),
+                   TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console,
+                   disable=quiet, transient=True)
+
+    def current() -> str:
+        return "running " + ", ".join(pending[:jobs]) if pending else ""
 
     def on_run(i, n, res):
         m = res["metrics"]
-        console.print(f"[{i}/{n}] {res['strategy']:<20} AP {m['ap']:.3f}  BWT {m['bwt']:.3f}")
+        if res["strategy"] in pending:
+            pending.remove(res["strategy"])
+        console.print(f"[{i}/{n}] {res['strategy']:<20} AP {m['ap']:.3f}  BWT {m['bwt']:.3f}", highlight=False)
+        bar.update(task, completed=i, current=current())
 
-    payload = bench.bench(cfg, strategies, [cfg.seed], out=out, jobs=jobs, progress=not quiet, on_run=on_run,
-                          fresh=fresh)
+    with bar:
+        task = bar.add_task("demo", total=len(strategies), current=current())
+        payload = bench.bench(cfg, strategies, [cfg.seed], out=out, jobs=jobs, progress=False, on_run=on_run,
+                              fresh=fresh)
     console.print(_metrics_table(payload["rows"], "forgetting and its cure (tiny model, built-in tasks)"))
-    console.print(f"table: {out / 'bench.md'}  plots: {out / 'plots'}")
+    noise = None if quick else bench.demo_noise(cfg)
+    console.print(bench.reading(payload["rows"], noise["noise"] if noise else None), highlight=False)
+    if noise is not None:
+        console.print(f"(seed noise measured over {noise['seeds']} seeds by `{noise['command']}`; "
+                      "docs/results.md)", highlight=False)
+    elif not quick:
+        console.print(f"(one seed: how large a difference is noise is measured by `{bench.DEMO_NOISE_COMMAND}`, "
+                      "not yet for this demo config)", highlight=False)
+    console.print(f"table: {out / 'bench.md'}  plots: {out / 'plots'}", highlight=False)
 
 
 @app.command("bench")
@@ -208,6 +232,70 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
                           on_run=on_run, budgets=sweep, fresh=fresh)
     console.print(_metrics_table(payload["rows"], f"bench {out}"))
     console.print(f"table: {out / 'bench.md'}")
+
+
+@app.command("budget")
+def budget_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (default: the demo config)."),
+               strategies: str = typer.Option("uniform,mssr", help="Comma-separated replaying strategies."),
+               max_forgetting: Optional[float] = typer.Option(None, "--max-forgetting",
+                                                              help="Target: forgetting at most this (e.g. 0.05)."),
+               max_gap: Optional[float] = typer.Option(None, "--max-gap",
+                                                       help="Target: AP at most this below joint training."),
+               seeds: int = typer.Option(2, help="Seeds 0..N-1 per budget tried."),
+               min_budget: float = typer.Option(0.01, "--min", help="Smallest budget to try (share of new data)."),
+               max_budget: float = typer.Option(0.5, "--max", help="Largest budget to try (below 1)."),
+               resolution: float = typer.Option(1.5, help="Stop when the answer and the budget below it differ "
+                                                "by at most this factor."),
+               set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+               output: Optional[str] = typer.Option(None, "--output", help="Directory (default bench/<name>-budget)."),
+               jobs: int = typer.Option(1, "--jobs", help="Runs at once."),
+               quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP)) -> None:
+    """How much should I replay? The smallest replay budget per strategy that keeps forgetting (or
+    the AP gap to joint training) under a target; reuses every finished run."""
+    from pathlib import Path
+
+    from forgetless import bench, budget_search
+    from forgetless.config import apply_overrides, from_dict, load_config, override_keys, strategy_name
+
+    if (max_forgetting is None) == (max_gap is None):
+        raise InputError("give exactly one target: --max-forgetting X or --max-gap X")
+    if not 1 <= seeds <= 1000 or jobs < 1:
+        raise InputError(f"--seeds must be 1..1000 and --jobs at least 1 (got {seeds}, {jobs})")
+    if max_budget >= 1:
+        raise InputError(f"--max must be below 1 (a share of the new data; replay.budget >= 1 counts samples), "
+                         f"got {max_budget:g}")
+    if config is None:
+        cfg = from_dict(apply_overrides(bench.demo_config().model_dump(mode="json"), set_), "demo config",
+                        override_keys(set_))
+    else:
+        cfg = load_config(config, set_)
+    out = Path(output) if output else Path("bench") / f"{cfg.name}-budget"
+    metric, target = ("forgetting", max_forgetting) if max_forgetting is not None else ("gap", max_gap)
+
+    def on_level(strategy, value, new, reused):
+        if not quiet:
+            what = "reference" if value is None else f"budget {value:g}"
+            console.print(f"{strategy} {what}: {new} run(s) to do, {reused} reused", highlight=False)
+
+    payload = budget_search.run_search(cfg, [strategy_name(s) for s in strategies.split(",") if s.strip()],
+                                       list(range(seeds)), out,
+                                       metric=metric, target=target, lo=min_budget, hi=max_budget,
+                                       resolution=resolution, jobs=jobs, on_level=on_level)
+    table = Table(title=f"smallest replay budget with {metric} <= {target:g} (mean of {seeds} seed(s))")
+    for col in ("strategy", "budget", "replay samples", "replay tokens", "share of new tokens", metric, "next lower"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for a in payload["_answers"]:
+        r = budget_search.answer_row(a)
+        if r["budget"] is None:
+            table.add_row(a.strategy, "not reached", "–", "–", "–", "–", r["reason"])
+            continue
+        share = f"{r['share_tokens']:.1%}" if r.get("share_tokens") is not None else "–"
+        below = f"{r['below']:g} ({r['below_value']:.3f})" if r["below_value"] is not None else "–"
+        table.add_row(a.strategy, f"{r['budget']:g}", f"{r['replay_samples']:,.0f}",
+                      f"{r['replay_tokens']:,.0f}", share, f"{r['value']:.3f} ± {r['value_std']:.3f}", below)
+    console.print(table)
+    console.print(f"{payload['new_runs']} runs new, {payload['reused_runs']} reused; evidence: "
+                  f"{out / 'budget.md'}  curve: {out / 'plots' / 'budget_curve.png'}", highlight=False)
 
 
 @app.command()

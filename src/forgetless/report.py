@@ -150,6 +150,20 @@ def save_png(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+# tab20 in an order that puts far-apart hues first, and as many markers: the i-th strategy of a plot
+# gets a colour and a marker no other of the first 20 has (tab10's C{i % 10} drew `none` and
+# `gere+mssr` alike in the 11-strategy demo)
+_COLOURS = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8", "d", "H", "1", "2", "3", "4", "+"]
+
+
+def strategy_style(i: int) -> tuple:
+    """(colour, marker) of the i-th strategy in a plot; distinct for the first 20 strategies."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](_COLOURS[i % 20]), _MARKERS[i % 20]
+
+
 def plot_matrix(ax, result: dict, title: str | None = None) -> None:
     acc = np.asarray(result["acc"])
     names = result["tasks"]
