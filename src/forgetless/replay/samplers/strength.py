@@ -167,11 +167,13 @@ def fit_k(sxy, sxx, prior_k, prior_w) -> np.ndarray:
 class FittedStrength(MemoryStrength):
     """``retention.model: fitted`` (docs/mssr.md §1): ``m_i(t) = exp(-k_i (tau(t) - tau_i))``.
 
-    Retention is the loss ratio ``reference / loss`` (``reference``: the row's loss at its last
-    training, or ``loss_ref``), so every replayed row's loss is an observation
+    Retention is the loss ratio ``reference / loss`` (``reference``: the row's loss when it was stored,
+    i.e. at its last training in its own task, or ``loss_ref``), so every replayed row's loss is an observation
     ``z = log(loss / reference) = k dtau`` after a known elapsed clock time ``dtau``. ``k`` is the
-    least-squares slope through the origin, per task with prior ``k0`` (weight ``prior``), per row
-    shrunk to its task's (weight ``shrink`` mean task observations). ``G`` is the clock ``tau``:
+    least-squares slope through the origin: pooled over all tasks (prior ``k0``, weight ``prior``),
+    per task shrunk to the pooled one (weight ``prior``); a row's k averages its latest observed
+    rate ``z / dtau`` with its task's k (weight ``shrink``): a review renews the memory trace, so a
+    row strengthened by reviews (low losses after long gaps) decays more slowly from then on. ``G`` is the clock ``tau``:
     +1 per step (``steps``), +1/n per step of an n-step task (``task``), or the legacy interference
     rate (``interference``). The clock advances after the step's reviews, so a row trained at
     step s and again at s' has ``dtau`` = the clock of steps s..s'-1.
@@ -190,7 +192,7 @@ class FittedStrength(MemoryStrength):
 
     def _columns(self) -> None:
         for name, default, dtype in (("G_at_review", 0.0, np.float64), ("last_review", -1, np.int64),
-                                     ("loss_last", np.nan, np.float64), ("loss_stored", np.nan, np.float64),
+                                     ("loss_stored", np.nan, np.float64),
                                      ("sxy", 0.0, np.float64), ("sxx", 0.0, np.float64)):
             self.memory.add_column(self.prefix + name, default, dtype)
 
@@ -206,15 +208,18 @@ class FittedStrength(MemoryStrength):
         n = len(self.memory)
         task = self.memory.column("task_id")[:n]
         top = int(task.max()) + 1 if n else 0
-        sxy, sxx, cnt = (np.zeros(top) for _ in range(3))
+        sxy, sxx = np.zeros(top), np.zeros(top)
         for t in self.task_sxy:
             if t < top:
-                sxy[t], sxx[t], cnt[t] = self.task_sxy[t], self.task_sxx[t], self.task_n[t]
-        kt = fit_k(sxy, sxx, self.k0, self.prior)[task]
+                sxy[t], sxx[t] = self.task_sxy[t], self.task_sxx[t]
+        # pooled over every task's evidence -> per task -> per row; k0 only before any evidence
+        kg = fit_k(sum(self.task_sxy.values()), sum(self.task_sxx.values()), self.k0, self.prior)
+        kt = fit_k(sxy, sxx, kg, self.prior)[task]
         if self.fit == "task":
             return kt
-        lam = self.shrink * np.where(sxx > 0, sxx / np.maximum(cnt, 1), 1.0)[task]
-        return fit_k(self.col("sxy")[:n], self.col("sxx")[:n], kt, lam)
+        # the row's last observed rate z / dtau, averaged with its task's k (weight ``shrink``)
+        rx, rxx = self.col("sxy")[:n], self.col("sxx")[:n]
+        return np.where(rxx > 0, fit_k(rx, rxx, kt, self.shrink * np.maximum(rxx, 1e-300)), kt)
 
     def strength(self) -> np.ndarray:
         n = len(self.memory)
@@ -228,7 +233,6 @@ class FittedStrength(MemoryStrength):
         got = np.array([self.seen.get(int(i), fill) for i in self.memory.column("sample_id")[rows]],
                        dtype=np.float64).reshape(-1, 3)
         loss, clock, last = got.T
-        self.col("loss_last")[rows] = loss
         self.col("loss_stored")[rows] = loss
         self.col("G_at_review")[rows] = clock
         self.col("last_review")[rows] = last
@@ -239,13 +243,13 @@ class FittedStrength(MemoryStrength):
     def review(self, slots: np.ndarray, losses: np.ndarray, step: int) -> None:
         """One observation per row: ``z = log(loss / reference)`` after ``dtau``; then the row is fresh."""
         losses = np.maximum(np.asarray(losses, dtype=np.float64), 1e-8)
-        ref = self.col("loss_last")[slots] if self.reference == "row" else self.loss_ref
+        ref = self.col("loss_stored")[slots] if self.reference == "row" else self.loss_ref
         ok = np.isfinite(ref) & np.isfinite(losses)
         dt = self.G - self.col("G_at_review")[slots]
-        z = np.log(losses / np.maximum(ref, 1e-8) if self.reference == "row" else losses / ref)
+        z = np.log(losses / np.maximum(ref, 1e-8))
         z, dt, sl = z[ok], dt[ok], slots[ok]
-        self.col("sxy")[sl] += dt * z
-        self.col("sxx")[sl] += dt * dt
+        self.col("sxy")[sl] = dt * z  # a review renews the trace: the row keeps its latest evidence
+        self.col("sxx")[sl] = dt * dt
         task = self.memory.column("task_id")[sl]
         for t in np.unique(task):
             i = task == t
@@ -253,7 +257,6 @@ class FittedStrength(MemoryStrength):
             self.task_sxy[t] = self.task_sxy.get(t, 0.0) + float((dt[i] * z[i]).sum())
             self.task_sxx[t] = self.task_sxx.get(t, 0.0) + float((dt[i] * dt[i]).sum())
             self.task_n[t] = self.task_n.get(t, 0) + int(i.sum())
-        self.col("loss_last")[slots] = losses
         self.col("G_at_review")[slots] = self.G
         self.col("last_review")[slots] = step
 
