@@ -33,6 +33,7 @@ def test_retention_trace_in_results_and_report_plot(tmp_path):
 
     cfg = replay_fixture.config("mssr_schedule", 0.5)
     cfg.replay.mssr.schedule = "retention"
+    cfg.replay.mssr.calibration.every = 4  # the calibration probe: results.json, report.md, its plot
     res = experiment.run(cfg, tmp_path, progress=False)
     tr = retention_trace(res)
     steps = res["steps_per_task"]
@@ -43,3 +44,10 @@ def test_retention_trace_in_results_and_report_plot(tmp_path):
     assert [e["replayed"] for e in rep["task_log"][1:]] == [32, 32]  # budget 0.5 x 8 steps x 8 samples
     assert (tmp_path / cfg.name / "plots" / "retention.png").is_file()
     assert "plots/retention.png" in (tmp_path / cfg.name / "report.md").read_text()
+    cal = rep["calibration"]
+    assert cal["probes"] == 4 and [r["step"] for r in cal["records"]] == [12, 16, 20, 24]  # memory from step 9
+    assert cal["spearman_mean"]["constant"] is None and sum(cal["bins"]["n"]) == 4 * min(cal["rows"], 24)
+    assert res["counters"]["eval_tokens"] > 0 and res["counters"]["extra_forward_tokens"] == 0
+    assert (tmp_path / cfg.name / "plots" / "calibration.png").is_file()
+    assert "Memory model calibration" in (tmp_path / cfg.name / "report.md").read_text()
+    assert [e["task"] for e in rep["concentration"]] == [1, 2]

@@ -1,0 +1,114 @@
+"""The fitted memory model recovers known forgetting; the calibration probe's statistics by hand."""
+
+import numpy as np
+import pytest
+
+from forgetless.data.task import Sample
+from forgetless.replay.calibration import CalibrationProbe, rank, slice_rows, spearman
+from forgetless.replay.memory import ReplayMemory
+from forgetless.replay.samplers.strength import FittedStrength, fit_k
+
+from test_schedules import BS, drive, make_ctx  # noqa: E402  (tests/ is on sys.path under pytest)
+
+
+def test_spearman_hand_values():
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6 * 2 / (4 * 15)
+    assert spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    # ties take the mean rank: [1.5, 1.5, 3] vs [1, 2, 3] -> 1.5 / sqrt(1.5 * 2)
+    np.testing.assert_array_equal(rank([5, 5, 7]), [1.5, 1.5, 3])
+    assert spearman([5, 5, 7], [1, 2, 3]) == pytest.approx(1.5 / np.sqrt(3.0))
+    assert spearman([0, 0, 0], [1, 2, 3]) is None  # the constant predictor ranks nothing
+
+
+def test_fit_k_is_least_squares_through_the_origin():
+    dt = np.array([1.0, 2.0, 4.0])
+    z = np.array([0.5, 1.1, 1.9])
+    k = fit_k((dt * z).sum(), (dt * dt).sum(), 3.0, 0.5)
+    # argmin_k sum (z - k dt)^2 + 0.5 (k - 3)^2  =>  k = (sum dt z + 0.5 * 3) / (sum dt^2 + 0.5)
+    assert k == pytest.approx((0.5 + 2.2 + 7.6 + 1.5) / (21.0 + 0.5))
+    assert fit_k(-5.0, 1.0, 0.0, 1.0) == 0.0  # loss fell: no negative decay
+
+
+def _samples(task, n):
+    return [Sample(task * 1000 + i, task, np.arange(4, dtype=np.int64), np.arange(4, dtype=np.int64)) for i in range(n)]
+
+
+def test_estimator_recovers_known_forgetting():
+    """Two tasks whose rows forget at known rates: loss = stored * exp(k_true * steps since trained).
+    The fitted task k equals k_true (noise-free, up to the prior's weight), each reviewed row's k too,
+    and the predicted forgottenness ranks the rows like their true forgetting, which recency alone
+    cannot (the tasks forget at different rates)."""
+    k_true = {0: 0.02, 1: 0.07}  # per step
+    mem = ReplayMemory(40, "per_task", seed=0)
+    fs = FittedStrength(mem, k0=1.0, prior=1.0, shrink=1.0, clock="steps")
+    rng = np.random.default_rng(0)
+    stored, last, step = {}, {}, 0
+    for t in (0, 1):
+        fs.start_task(t)
+        for s in _samples(t, 20):  # one training step per row: its loss when stored
+            stored[s.sample_id] = float(rng.uniform(0.5, 2.0))
+            last[s.sample_id] = step
+            fs.observe(np.array([s.sample_id]), np.array([stored[s.sample_id]]), np.array([-1]), np.array([True]), step)
+            step += 1
+        fs.admit(mem.admit(_samples(t, 20)), step)
+    fs.start_task(2)
+    ids = mem.column("sample_id")[: len(mem)]
+
+    def true_loss(i, at):
+        return stored[i] * np.exp(k_true[i // 1000] * (at - last[i]))
+
+    for _ in range(60):  # each step reviews 3 random rows at their true loss
+        pick = rng.choice(len(mem), 3, replace=False)
+        fs.observe(np.append(ids[pick], 9999), np.array([true_loss(int(i), step) for i in ids[pick]] + [1.0]),
+                   np.append(pick, -1), np.array([False, False, False, True]), step)
+        for i in ids[pick]:
+            last[int(i)] = step
+        step += 1
+    for t in (0, 1):
+        assert fit_k(fs.task_sxy[t], fs.task_sxx[t], 0.0, 0.0) == pytest.approx(k_true[t], rel=1e-9)
+    k = fs.k()
+    reviewed = mem.column("sxx")[: len(mem)] > 0
+    assert reviewed.sum() > 30
+    np.testing.assert_allclose(k[reviewed], [k_true[int(i) // 1000] for i in ids[reviewed]], rtol=0.02)
+    # the model's forgottenness 1 - m = 1 - exp(-k dtau) is monotone in -log retention = log(loss / stored)
+    ratio = np.log([true_loss(int(i), step) / stored[int(i)] for i in ids])
+    recency = np.array([step - last[int(i)] for i in ids], dtype=float)
+    assert spearman(1 - fs.strength(), ratio) > 0.99
+    assert spearman(recency, ratio) < 0.9
+
+
+def test_probe_statistics_hand_computed():
+    """After task 0 (new-task loss 1: every row stored at 1) the probe measures losses with a known
+    increase; the rows' recency is known from the drive. No evidence yet, so m = exp(-k0 dtau) is
+    monotone in recency and both rank the rows the same way."""
+    ctx = make_ctx({"strategy": "mssr", "budget": 0.25, "memory": {"size": 16},
+                    "mssr": {"calibration": {"every": 1, "rows": 10}}})
+    increase = {}
+
+    def losses(samples):
+        ctx.counters.extra_forward_tokens += sum(s.n_tokens for s in samples)
+        return np.array([1.0 + increase[s.sample_id] for s in samples])
+
+    ctx.sample_losses = losses
+    s = __import__("forgetless.replay", fromlist=["REGISTRY"]).REGISTRY["mssr"](ctx)
+    drive(s, tasks=[0])  # 60 steps; row r of task 0 last trained at step 1 + max i < 60 with i % 5 == r // 8
+    last = {r: 1 + max(i for i in range(60) if i % 5 == r // BS) for r in range(40)}
+    ids = s.memory.column("sample_id")[: len(s.memory)]
+    rows = slice_rows(ids, 10, 0)
+    assert len(rows) == 10 and (rows == slice_rows(ids, 10, 0)).all()
+    recency = np.array([100 - last[int(i)] for i in ids[rows]], dtype=float)
+    for sign in (1.0, -1.0):
+        for i in ids:
+            increase[int(i)] = sign * 0.01 * (100 - last[int(i)])
+        before = ctx.counters.eval_tokens
+        rec = s.calibrate(100)
+        assert rec["rows"] == 10 and rec["spearman"]["constant"] is None
+        assert rec["spearman"]["recency"] == pytest.approx(sign * 1.0)
+        assert rec["spearman"]["model"] == pytest.approx(sign * 1.0)
+        assert rec["mean_increase"] == pytest.approx(sign * 0.01 * recency.mean())
+        assert ctx.counters.eval_tokens - before == sum(x.n_tokens for x in s.memory.get(rows))
+    assert ctx.counters.extra_forward_tokens == 0  # a diagnostic, counted as evaluation
+    rep = s.report()["calibration"]
+    assert rep["probes"] == 2 and rep["spearman_mean"]["recency"] == pytest.approx(0.0)
+    assert sum(rep["bins"]["n"]) == 20
+    assert s.calibrate(101) is not None and CalibrationProbe.every(s.calibration) == 1
