@@ -6,7 +6,7 @@ the predicted forgottenness ``1 - m`` of the memory model (and of any shadow mod
 ``replay.mssr.calibration.compare``), against **recency** (steps since the row was last trained)
 and against a **constant** (no ranking: its correlation is undefined and reported as None).
 The pass is evaluation work (its tokens go to ``eval_tokens``, its time to ``time_eval_s``) and
-takes no replay decision. docs/mssr.md §5.
+takes no replay decision. docs/mssr.md §6.
 """
 
 from __future__ import annotations
