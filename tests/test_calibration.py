@@ -8,7 +8,7 @@ from forgetless.replay.calibration import CalibrationProbe, rank, slice_rows, sp
 from forgetless.replay.memory import ReplayMemory
 from forgetless.replay.samplers.strength import FittedStrength, fit_k
 
-from test_schedules import BS, drive, make_ctx  # noqa: E402  (tests/ is on sys.path under pytest)
+from test_schedules import drive, make_ctx  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 def test_spearman_hand_values():
@@ -78,28 +78,32 @@ def test_estimator_recovers_known_forgetting():
 
 
 def test_probe_statistics_hand_computed():
-    """After task 0 (new-task loss 1: every row stored at 1) the probe measures losses with a known
-    increase; the rows' recency is known from the drive. No evidence yet, so m = exp(-k0 dtau) is
-    monotone in recency and both rank the rows the same way."""
+    """Task 0 stored at loss 1 (measured at its end, step 60); memory row j is then replayed at step
+    61 + j at loss 1, so at step 100 its recency is 39 - j. The probe measures losses with a known
+    increase; the rows share one k, so m = exp(-k dtau) ranks them like recency."""
     ctx = make_ctx({"strategy": "mssr", "budget": 0.25, "memory": {"size": 16},
                     "mssr": {"calibration": {"every": 1, "rows": 10}}})
     increase = {}
 
     def losses(samples):
         ctx.counters.extra_forward_tokens += sum(s.n_tokens for s in samples)
-        return np.array([1.0 + increase[s.sample_id] for s in samples])
+        return np.array([1.0 + increase.get(s.sample_id, 0.0) for s in samples])
 
     ctx.sample_losses = losses
     s = __import__("forgetless.replay", fromlist=["REGISTRY"]).REGISTRY["mssr"](ctx)
-    drive(s, tasks=[0])  # 60 steps; row r of task 0 last trained at step 1 + max i < 60 with i % 5 == r // 8
-    last = {r: 1 + max(i for i in range(60) if i % 5 == r // BS) for r in range(40)}
+    drive(s, tasks=[0])  # 60 steps, then task 0 is admitted and its rows measured at loss 1
     ids = s.memory.column("sample_id")[: len(s.memory)]
+    assert (s.strength.col("loss_stored")[: len(ids)] == 1.0).all()
+    s.on_task_start(ctx.stream.tasks[1], 1, 61)
+    for j, i in enumerate(ids):
+        s.observe(np.array([1000, i]), np.array([1.0, 1.0]), 61 + j)
     rows = slice_rows(ids, 10, 0)
     assert len(rows) == 10 and (rows == slice_rows(ids, 10, 0)).all()
-    recency = np.array([100 - last[int(i)] for i in ids[rows]], dtype=float)
+    recency = 100.0 - (61 + rows)
+    extra = ctx.counters.extra_forward_tokens
     for sign in (1.0, -1.0):
-        for i in ids:
-            increase[int(i)] = sign * 0.01 * (100 - last[int(i)])
+        for j, i in enumerate(ids):
+            increase[int(i)] = sign * 0.01 * (39 - j)
         before = ctx.counters.eval_tokens
         rec = s.calibrate(100)
         assert rec["rows"] == 10 and rec["spearman"]["constant"] is None
@@ -107,8 +111,17 @@ def test_probe_statistics_hand_computed():
         assert rec["spearman"]["model"] == pytest.approx(sign * 1.0)
         assert rec["mean_increase"] == pytest.approx(sign * 0.01 * recency.mean())
         assert ctx.counters.eval_tokens - before == sum(x.n_tokens for x in s.memory.get(rows))
-    assert ctx.counters.extra_forward_tokens == 0  # a diagnostic, counted as evaluation
+    assert ctx.counters.extra_forward_tokens == extra  # the probe is counted as evaluation
     rep = s.report()["calibration"]
     assert rep["probes"] == 2 and rep["spearman_mean"]["recency"] == pytest.approx(0.0)
     assert sum(rep["bins"]["n"]) == 20
     assert s.calibrate(101) is not None and CalibrationProbe.every(s.calibration) == 1
+
+
+def test_flat_mssr_keys_refused_with_their_new_place():
+    from forgetless.config import InputError, from_dict
+
+    with pytest.raises(InputError, match=r"replay\.mssr.*'k0' moved: write replay\.mssr\.retention\.k0"):
+        from_dict({"replay": {"mssr": {"k0": 0.05}}})
+    cfg = from_dict({"replay": {"mssr": {"retention": {"k0": 0.05}, "volume": {"ratio0": 2.0}}}})
+    assert cfg.replay.mssr.retention.k0 == 0.05 and cfg.replay.mssr.volume.ratio0 == 2.0

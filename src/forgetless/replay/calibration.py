@@ -49,6 +49,13 @@ def spearman(a, b) -> float | None:
     return None if den == 0 else float((ra * rb).sum() / den)
 
 
+def forward_losses(ctx, samples) -> np.ndarray:
+    """``ctx.sample_losses`` in chunks of ``eval.batch_size`` (counts ``extra_forward_tokens``)."""
+    bs = ctx.config.eval.batch_size
+    parts = [np.asarray(ctx.sample_losses(samples[i:i + bs]), dtype=np.float64) for i in range(0, len(samples), bs)]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
 def slice_rows(sample_ids: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Rows of the ``n`` ids with the smallest seeded hash: the same rows while they stay in memory."""
     with np.errstate(over="ignore"):
@@ -85,9 +92,7 @@ class CalibrationProbe:
         samples = mem.get(rows)
         c = ctx.counters
         before = c.extra_forward_tokens
-        bs = ctx.config.eval.batch_size
-        loss = np.concatenate([np.asarray(ctx.sample_losses(samples[i:i + bs]), dtype=np.float64)
-                               for i in range(0, len(samples), bs)])
+        loss = forward_losses(ctx, samples)
         moved = c.extra_forward_tokens - before  # a diagnostic: evaluation work, not a strategy's probe
         c.extra_forward_tokens -= moved
         c.eval_tokens += moved

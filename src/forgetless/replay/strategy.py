@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from forgetless.replay.base import BaseStrategy, ReplayBatch, StrategyContext, register
-from forgetless.replay.calibration import CANDIDATES, CalibrationProbe
+from forgetless.replay.calibration import CANDIDATES, CalibrationProbe, forward_losses
 from forgetless.replay.memory import ReplayMemory
 from forgetless.replay.samplers import SAMPLERS
 from forgetless.replay.samplers.strength import MemoryStrength
@@ -166,8 +166,11 @@ class ReplayStrategy(BaseStrategy):
     def on_task_end(self, task, task_index: int, step: int) -> None:
         self.task_log.append({"task": task_index, "budget": self.budget, "replayed": self.replayed})
         rows = self.memory.admit(self.ctx.stream.samples[task_index])
+        stored = None  # the fitted model's reference: each admitted row's loss now, at the end of its task
+        if any(hasattr(m, "task_sxy") for m in self.models()) and self.ctx.sample_losses is not None:
+            stored = forward_losses(self.ctx, self.memory.get(rows))
         for m in self.models():
-            m.admit(rows, step)
+            m.admit(rows, step, stored)
         self.schedule.on_task_end(task_index, step)
 
     def models(self) -> list[MemoryStrength]:

@@ -62,7 +62,7 @@ class MemoryStrength:
     def advance(self, g: float) -> None:
         self.G += max(0.0, float(g))
 
-    def admit(self, rows: np.ndarray, step: int) -> None:
+    def admit(self, rows: np.ndarray, step: int, losses=None) -> None:
         self.col("strength")[rows] = 1.0
         self.col("G_at_review")[rows] = self.G
         self.col("k")[rows] = self.k0
@@ -225,9 +225,12 @@ class FittedStrength(MemoryStrength):
         n = len(self.memory)
         return np.exp(-self.k() * (self.G - self.col("G_at_review")[:n]))
 
-    def admit(self, rows: np.ndarray, step: int) -> None:
-        """Stored with the loss (clock, step) of its last training in the task just finished."""
+    def admit(self, rows: np.ndarray, step: int, losses=None) -> None:
+        """Stored with its loss at the end of its task (``losses``, a forward pass over the admitted
+        rows), or, where the host cannot run one, the loss (clock, step) of its last training."""
         rows = np.asarray(rows, dtype=np.int64)
+        if losses is not None:
+            self.seen = {int(i): (float(l), self.G, step) for i, l in zip(self.memory.column("sample_id")[rows], losses)}
         known = [v[0] for v in self.seen.values()]
         fill = (float(np.mean(known)) if known else self.loss_ref, self.G, step)  # never trained: now, the mean
         got = np.array([self.seen.get(int(i), fill) for i in self.memory.column("sample_id")[rows]],
