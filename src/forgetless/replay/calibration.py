@@ -3,7 +3,8 @@
 Every ``every`` steps a forward-only pass over a fixed, seeded slice of the replay memory measures
 each row's current loss; its **loss increase** (current loss - loss when stored) is ranked against
 the predicted forgottenness ``1 - m`` of the memory model (and of any shadow models in
-``replay.mssr.calibration.compare``), against **recency** (steps since the row was last trained)
+``replay.mssr.calibration.compare``), against the fitted model's predicted loss increase
+``stored * (1/m - 1)`` (``increase``), against **recency** (steps since the row was last trained)
 and against a **constant** (no ranking: its correlation is undefined and reported as None).
 The pass is evaluation work (its tokens go to ``eval_tokens``, its time to ``time_eval_s``) and
 takes no replay decision. docs/mssr.md §6.
@@ -102,10 +103,13 @@ class CalibrationProbe:
 
     def record(self, step: int, rows: np.ndarray, loss: np.ndarray) -> dict:
         """Score every predictor against the measured loss increase of ``rows`` (pure bookkeeping)."""
-        increase = loss - self.ref.col("loss_stored")[rows]
+        stored = self.ref.col("loss_stored")[rows]
+        increase = loss - stored
         ok = np.isfinite(increase)
-        rows, increase = rows[ok], increase[ok]
+        rows, increase, stored = rows[ok], increase[ok], stored[ok]
         preds = {name: 1.0 - m.strength()[rows] for name, m in self.models.items()}
+        # the fitted model's own prediction of the measured quantity: loss = stored / m
+        preds["increase"] = stored * (1.0 / np.maximum(self.ref.strength()[rows], 1e-300) - 1.0)
         preds["recency"] = step - self.ref.col("last_review")[rows].astype(np.float64)
         preds["constant"] = np.zeros(len(rows))
         rho = {name: spearman(p, increase) for name, p in preds.items()}
