@@ -125,3 +125,20 @@ def test_flat_mssr_keys_refused_with_their_new_place():
         from_dict({"replay": {"mssr": {"k0": 0.05}}})
     cfg = from_dict({"replay": {"mssr": {"retention": {"k0": 0.05}, "volume": {"ratio0": 2.0}}}})
     assert cfg.replay.mssr.retention.k0 == 0.05 and cfg.replay.mssr.volume.ratio0 == 2.0
+
+
+def test_sampler_score_predicted_increase_and_standardized_weights():
+    """Two rows stored at loss 1 and 3, same k and elapsed time: retention equal, but the predicted
+    loss increase stored * (e^{k dtau} - 1) is 3x larger for the second; standardized weights with
+    T = 1 and no floor are softmax(f / sd(f)) = e^{±1} / (e^{-1} + e^{1}) for two distinct values."""
+    mem = ReplayMemory(4, "per_task", seed=0)
+    fs = FittedStrength(mem, k0=0.5, clock="steps", score="increase", floor=0.0, standardize=True)
+    fs.admit(mem.admit(_samples(0, 2)), 0, losses=np.array([1.0, 3.0]))
+    fs.advance(2.0)
+    m = fs.strength()
+    assert m == pytest.approx([np.exp(-1.0)] * 2)
+    f = np.array([1.0, 3.0]) * np.expm1(1.0)
+    np.testing.assert_allclose(fs.score(), f - f.max())
+    np.testing.assert_allclose(fs.weights(), np.exp([-1.0, 1.0]) / (np.exp(-1.0) + np.exp(1.0)))
+    fs.score_kind = "forgottenness"
+    np.testing.assert_allclose(fs.weights(), [0.5, 0.5])  # equal retention: no preference

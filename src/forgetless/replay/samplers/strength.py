@@ -56,7 +56,7 @@ class MemoryStrength:
         if rc.model == "legacy":
             return MemoryStrength(memory, rc.k0, rc.k_min, rc.k_max, rc.loss_ref, rc.k_lr, **common)
         return FittedStrength(memory, rc.k0, rc.prior, rc.shrink, rc.clock, rc.reference, rc.fit,
-                              rc.loss_ref, lambda: ctx.steps_per_task, **common)
+                              rc.loss_ref, lambda: ctx.steps_per_task, sc.score, **common)
 
     # ---- the model ----------------------------------------------------------------------------
     def advance(self, g: float) -> None:
@@ -118,16 +118,21 @@ class MemoryStrength:
         return g
 
     # ---- sampling -------------------------------------------------------------------------------
-    def weights(self) -> np.ndarray:
-        """``(1 - floor) * softmax(f / T) + floor / N`` over forgottenness ``f = 1 - m`` (in standard
-        deviations of the memory when ``standardize``); sums to 1."""
+    def score(self) -> np.ndarray:
+        """What the draw favours, shifted so its maximum is 0: forgottenness ``1 - m`` as ``min m - m``."""
         m = self.strength()
+        if len(m):
+            np.subtract(m.min(), m, out=m)
+        return m
+
+    def weights(self) -> np.ndarray:
+        """``(1 - floor) * softmax(f / T) + floor / N`` over the score ``f`` (forgottenness; in standard
+        deviations of the memory when ``standardize``); sums to 1."""
+        m = self.score()
         n = len(m)
         if n == 0:
             return m
-        lo = m.min()
-        # softmax((1-m)/T) == softmax((lo-m)/T): the shift keeps every exponent <= 0
-        np.subtract(lo, m, out=m)
+        # softmax(f/T) == softmax((f - max f)/T): score() shifts, so every exponent is <= 0
         sd = float(m.std()) if self.standardize else 1.0
         m /= self.temperature * (sd if sd > 0 else 1.0)
         np.exp(m, out=m)
@@ -180,7 +185,8 @@ class FittedStrength(MemoryStrength):
     """
 
     def __init__(self, memory, k0=1.0, prior=1.0, shrink=1.0, clock="task", reference="row", fit="row",
-                 loss_ref=1.0, steps_per_task=None, **common):
+                 loss_ref=1.0, steps_per_task=None, score="forgottenness", **common):
+        self.score_kind = score
         self.prior, self.shrink, self.clock, self.reference, self.fit = float(prior), float(shrink), clock, reference, fit
         self.steps_per_task = steps_per_task  # () -> list of steps per task, or None
         self.task_sxy: dict[int, float] = {}
@@ -224,6 +230,14 @@ class FittedStrength(MemoryStrength):
     def strength(self) -> np.ndarray:
         n = len(self.memory)
         return np.exp(-self.k() * (self.G - self.col("G_at_review")[:n]))
+
+    def score(self) -> np.ndarray:
+        """``score: increase``: the predicted loss increase ``stored (1/m - 1)`` instead of ``1 - m``."""
+        if self.score_kind != "increase":
+            return super().score()
+        n = len(self.memory)
+        f = np.nan_to_num(self.col("loss_stored")[:n] * np.expm1(self.k() * (self.G - self.col("G_at_review")[:n])))
+        return f - f.max() if n else f
 
     def admit(self, rows: np.ndarray, step: int, losses=None) -> None:
         """Stored with its loss at the end of its task (``losses``, a forward pass over the admitted
