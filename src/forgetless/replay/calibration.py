@@ -50,10 +50,17 @@ def spearman(a, b) -> float | None:
     return None if den == 0 else float((ra * rb).sum() / den)
 
 
-def forward_losses(ctx, samples) -> np.ndarray:
-    """``ctx.sample_losses`` in chunks of ``eval.batch_size`` (counts ``extra_forward_tokens``)."""
+def forward_losses(ctx, samples, as_eval: bool = False) -> np.ndarray:
+    """``ctx.sample_losses`` in chunks of ``eval.batch_size``; its tokens count as a strategy's
+    ``extra_forward_tokens``, or, for a diagnostic (``as_eval``), as ``eval_tokens``."""
+    c = ctx.counters
+    before = c.extra_forward_tokens
     bs = ctx.config.eval.batch_size
     parts = [np.asarray(ctx.sample_losses(samples[i:i + bs]), dtype=np.float64) for i in range(0, len(samples), bs)]
+    if as_eval:
+        moved = c.extra_forward_tokens - before
+        c.extra_forward_tokens -= moved
+        c.eval_tokens += moved
     return np.concatenate(parts) if parts else np.empty(0)
 
 
@@ -91,14 +98,9 @@ class CalibrationProbe:
         n = len(mem)
         rows = slice_rows(mem.column("sample_id")[:n], self.cfg.rows, int(ctx.seed))
         samples = mem.get(rows)
-        c = ctx.counters
-        before = c.extra_forward_tokens
-        loss = forward_losses(ctx, samples)
-        moved = c.extra_forward_tokens - before  # a diagnostic: evaluation work, not a strategy's probe
-        c.extra_forward_tokens -= moved
-        c.eval_tokens += moved
+        loss = forward_losses(ctx, samples, as_eval=True)  # a diagnostic: evaluation work
         rec = self.record(step, rows, loss)
-        c.time_eval_s += time.perf_counter() - t0
+        ctx.counters.time_eval_s += time.perf_counter() - t0
         return rec
 
     def record(self, step: int, rows: np.ndarray, loss: np.ndarray) -> dict:

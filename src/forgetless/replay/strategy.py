@@ -168,7 +168,8 @@ class ReplayStrategy(BaseStrategy):
         rows = self.memory.admit(self.ctx.stream.samples[task_index])
         stored = None  # the fitted model's reference: each admitted row's loss now, at the end of its task
         if any(hasattr(m, "task_sxy") for m in self.models()) and self.ctx.sample_losses is not None:
-            stored = forward_losses(self.ctx, self.memory.get(rows))
+            # evaluation work when only the calibration probe's shadow model needs them
+            stored = forward_losses(self.ctx, self.memory.get(rows), as_eval=not hasattr(self.strength, "task_sxy"))
         for m in self.models():
             m.admit(rows, step, stored)
         self.schedule.on_task_end(task_index, step)
