@@ -178,9 +178,10 @@ class MSSRSamplerConfig(_Strict):
     # depend on the model's time scale (T = 1 puts ~40% of the mass on the top 10% of normal scores);
     # False: the raw 1 - m (the legacy draw, at most e-fold between rows)
     standardize: bool = True
-    # what the draw favours: forgottenness 1 - m, or (fitted model) the predicted loss increase
-    # stored * (1/m - 1), which also tells rows of one task apart before any of them is replayed
-    score: Literal["forgottenness", "increase"] = "forgottenness"
+    # what the draw favours: the fitted model's predicted loss increase stored * (1/m - 1) (it ranked
+    # the rows' measured loss increase best of every predictor on the demo stream, docs/mssr.md), or
+    # forgottenness 1 - m (the legacy model, which keeps no stored loss, always draws by 1 - m)
+    score: Literal["increase", "forgottenness"] = "increase"
 
 
 class MSSRRetentionConfig(_Strict):
@@ -260,12 +261,6 @@ class MSSRConfig(_Strict):
     geometric: MSSRGeometricConfig = MSSRGeometricConfig()
     volume: MSSRVolumeConfig = MSSRVolumeConfig()
     calibration: MSSRCalibrationConfig = MSSRCalibrationConfig()
-
-    @model_validator(mode="after")
-    def _score_needs_fitted(self):
-        if self.sampler.score == "increase" and self.retention.model != "fitted":
-            raise ValueError("sampler.score 'increase' needs retention.model 'fitted' (the stored losses)")
-        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -185,7 +185,7 @@ class FittedStrength(MemoryStrength):
     """
 
     def __init__(self, memory, k0=1.0, prior=1.0, shrink=1.0, clock="task", reference="row", fit="row",
-                 loss_ref=1.0, steps_per_task=None, score="forgottenness", **common):
+                 loss_ref=1.0, steps_per_task=None, score="increase", **common):
         self.score_kind = score
         self.prior, self.shrink, self.clock, self.reference, self.fit = float(prior), float(shrink), clock, reference, fit
         self.steps_per_task = steps_per_task  # () -> list of steps per task, or None
