@@ -208,7 +208,8 @@ def test_other_architecture_from_a_local_directory(tmp_path):
 
 
 def test_mssr_lr_interference_follows_the_loops_schedule(tmp_path):
-    cfg = _cfg(**{"name": "lr", "replay.strategy": "mssr", "replay.mssr.interference": "lr",
+    cfg = _cfg(**{"name": "lr", "replay.strategy": "mssr", "replay.mssr.retention.model": "legacy",
+                  "replay.mssr.retention.interference": "lr",
                   "train.schedule": "cosine"})
     run = experiment.Run(cfg, experiment.run_dir_for(cfg, tmp_path), progress=False)
     run.execute()

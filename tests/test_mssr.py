@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from forgetless.config import Config
+from forgetless.config import MSSR_MOVED, Config
 from forgetless.data.task import Sample, Task, TaskStream
 from forgetless.replay import REGISTRY, StrategyContext, WorkCounters
 from forgetless.replay.memory import ReplayMemory
@@ -39,9 +39,9 @@ def _ctx(steps=(30, 30, 30), budget=None, size=100, seed=3, interference="loss",
     cfg.replay.mssr.schedule = schedule
     cfg.replay.memory.size = size
     cfg.replay.budget = budget
-    cfg.replay.mssr.interference = interference
-    for k, v in mssr.items():
-        setattr(cfg.replay.mssr, k, v)
+    cfg.replay.mssr.retention.interference = interference
+    for k, v in mssr.items():  # flat knob names, set in their section
+        setattr(getattr(cfg.replay.mssr, MSSR_MOVED.get(k, "retention")), k, v)
     return StrategyContext(config=cfg, stream=_stream(len(steps)), seed=seed, counters=WorkCounters(),
                            steps_per_task=list(steps), batch_size=8)
 
@@ -274,7 +274,7 @@ def test_strategy_spends_budget_and_follows_plan():
 
 
 def test_observe_loss_interference_and_reviews():
-    ctx = _ctx(steps=(5, 5), size=100)
+    ctx = _ctx(steps=(5, 5), size=100, model="legacy")
     strat = MSSR(ctx)
     strat.on_task_start(ctx.stream.tasks[0], 0, 0)
     strat.on_task_end(ctx.stream.tasks[0], 0, 0)
@@ -296,7 +296,7 @@ def test_observe_loss_interference_and_reviews():
 
 def test_observe_accepts_torch_tensors():
     torch = pytest.importorskip("torch")
-    ctx = _ctx(steps=(5, 5), interference="constant")
+    ctx = _ctx(steps=(5, 5), interference="constant", model="legacy")
     strat = MSSR(ctx)
     strat.on_task_end(ctx.stream.tasks[0], 0, 0)
     loss = torch.tensor([0.5, 2.0], requires_grad=True) * 1.0

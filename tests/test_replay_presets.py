@@ -39,6 +39,7 @@ def test_retention_trace_in_results_and_report_plot(tmp_path):
 
     cfg = replay_fixture.config("mssr_schedule", 0.5)
     cfg.replay.mssr.schedule = "retention"
+    cfg.replay.mssr.calibration.every = 4  # the calibration probe: results.json, report.md, its plot
     res = experiment.run(cfg, tmp_path, progress=False)
     tr = retention_trace(res)
     steps = res["steps_per_task"]
@@ -54,6 +55,15 @@ def test_retention_trace_in_results_and_report_plot(tmp_path):
     assert (tmp_path / cfg.name / "plots" / "retention.png").is_file()
     md = (tmp_path / cfg.name / "report.md").read_text()
     assert "plots/retention.png" in md and "## Replay per quarter of each task" in md
+    cal = rep["calibration"]
+    assert cal["probes"] == 4 and [r["step"] for r in cal["records"]] == [12, 16, 20, 24]  # memory from step 9
+    assert cal["spearman_mean"]["constant"] is None and sum(cal["bins"]["n"]) == 4 * min(cal["rows"], 24)
+    # the legacy model drives (the fixture's): the probe and its shadow fitted model's stored losses
+    # are evaluation work, not the strategy's
+    assert res["counters"]["eval_tokens"] > 0 and res["counters"]["extra_forward_tokens"] == 0
+    assert (tmp_path / cfg.name / "plots" / "calibration.png").is_file()
+    assert "Memory model calibration" in (tmp_path / cfg.name / "report.md").read_text()
+    assert [e["task"] for e in rep["concentration"]] == [1, 2]
 
 
 def test_replay_per_quarter_in_results_and_report():

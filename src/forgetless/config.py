@@ -211,27 +211,58 @@ class AccuracyTriggeredConfig(_Strict):
     ratio: float = Field(1.0, gt=0)
 
 
-class MSSRConfig(_Strict):
-    # sampler
-    k0: float = Field(1.0, gt=0)  # initial decay coefficient of a newly admitted sample
-    k_min: float = Field(0.05, gt=0)
-    k_max: float = Field(10.0, gt=0)
-    loss_ref: float = Field(1.0, gt=0)  # loss at which a review leaves k unchanged
-    k_lr: float = Field(0.5, ge=0)  # how strongly a review's loss moves log k
-    interference: Literal["loss", "lr", "constant"] = "loss"
+class MSSRSamplerConfig(_Strict):
+    """Which rows: softmax over forgottenness 1 - m (docs/mssr.md §1)."""
+
     temperature: float = Field(1.0, gt=0)
     floor: float = Field(0.01, ge=0, lt=1)  # share of the weight mass spread uniformly
-    # schedule: "retention" replays where predicted retention falls; "geometric" is the plan of
-    # expanding gaps fixed at task start (MSSR as first published here). docs/mssr.md §2
-    schedule: Literal["retention", "geometric"] = "retention"
+    # True: forgottenness in standard deviations of the memory, so the draw's selectivity does not
+    # depend on the model's time scale (T = 1 puts ~40% of the mass on the top 10% of normal scores);
+    # False: the raw 1 - m (the legacy draw, at most e-fold between rows)
+    standardize: bool = True
+    # what the draw favours: the fitted model's predicted loss increase stored * (1/m - 1) (it ranked
+    # the rows' measured loss increase best of every predictor on the demo stream, docs/mssr.md), or
+    # forgottenness 1 - m (the legacy model, which keeps no stored loss, always draws by 1 - m)
+    score: Literal["increase", "forgottenness"] = "increase"
+
+
+class MSSRRetentionConfig(_Strict):
+    """The memory model (strength) and the retention schedule's signal (docs/mssr.md §1, §2.1)."""
+
+    # "fitted": m = exp(-k dtau), k fitted in closed form from the replayed rows' losses;
+    # "legacy": the k0 / k_lr / loss_ref update rule with the interference integral (before issue 20)
+    model: Literal["fitted", "legacy"] = "fitted"
+    clock: Literal["task", "steps", "interference"] = "task"  # fitted: time unit (task: steps / task length)
+    reference: Literal["row", "absolute"] = "row"  # fitted: a row's own last loss, or loss_ref
+    fit: Literal["row", "task"] = "row"  # fitted: per-row k shrunk to its task's k, or the task's k alone
+    k0: float = Field(1.0, gt=0)  # prior k per clock unit (fitted); k of a newly admitted row (legacy)
+    prior: float = Field(1.0, gt=0)  # fitted: weight of k0, in observations one clock unit long
+    shrink: float = Field(1.0, gt=0)  # fitted, fit "row": pull to the task's k, in mean task observations
+    k_min: float = Field(0.05, gt=0)  # legacy clip of k
+    k_max: float = Field(10.0, gt=0)  # legacy clip of k
+    loss_ref: float = Field(1.0, gt=0)  # legacy: loss at which a review leaves k unchanged; fitted "absolute"
+    k_lr: float = Field(0.5, ge=0)  # legacy: how strongly a review's loss moves log k
+    interference: Literal["loss", "lr", "constant"] = "loss"  # legacy time; fitted clock "interference"
     signal: Literal["mean", "share"] = "mean"  # retention: mean strength, or share of strengths >= theta
     theta: float = Field(0.5, gt=0, lt=1)  # retention, signal "share": strength below it counts as forgotten
     line: float = Field(0.5, gt=0, le=1)  # retention: replay while predicted retention is below it
-    # geometric schedule
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if not self.k_min <= self.k0 <= self.k_max and self.model == "legacy":
+            raise ValueError("need k_min <= k0 <= k_max")
+        return self
+
+
+class MSSRGeometricConfig(_Strict):
     gap0: int = Field(1, ge=1)
     growth: float = Field(1.2, gt=1)  # 1.5 left the last ~25% of a task without replay (docs/mssr.md)
     max_gap: int | None = Field(None, ge=1)  # gaps stop growing here (None: no cap)
-    # volume (both schedules): ratio(s) x batch size, s = steps since the task switch
+
+
+class MSSRVolumeConfig(_Strict):
+    """Both schedules: ratio(s) x batch size, s = steps since the task switch."""
+
     ratio0: float = Field(1.0, gt=0)
     ratio_floor: float = Field(0.1, ge=0)
     decay: Literal["exp", "inverse"] = "exp"
@@ -239,11 +270,48 @@ class MSSRConfig(_Strict):
 
     @model_validator(mode="after")
     def _bounds(self):
-        if not self.k_min <= self.k0 <= self.k_max:
-            raise ValueError("need k_min <= k0 <= k_max")
         if self.ratio_floor > self.ratio0:
             raise ValueError("need ratio_floor <= ratio0")
         return self
+
+
+class MSSRCalibrationConfig(_Strict):
+    """The calibration probe (replay/calibration.py): a diagnostic, counted as evaluation work."""
+
+    enabled: bool = True  # off: no probe, no cost
+    rows: int = Field(64, ge=2)  # memory rows probed (a fixed, seeded slice)
+    share: float = Field(0.05, gt=0, le=1)  # probe forward tokens <= this share of training compute
+    every: int | None = Field(None, ge=1)  # steps between probes; None: sized from `share`
+    # other memory models, kept in the shadow on the same observations and scored by the same probe
+    compare: list[Literal["legacy", "steps", "task", "interference", "absolute", "per_task"]] = []
+
+
+# flat keys of MSSRConfig before issue 20 -> their section
+MSSR_MOVED = {**{k: "sampler" for k in ("temperature", "floor")},
+              **{k: "retention" for k in ("k0", "k_min", "k_max", "loss_ref", "k_lr", "interference",
+                                          "signal", "theta", "line")},
+              **{k: "geometric" for k in ("gap0", "growth", "max_gap")},
+              **{k: "volume" for k in ("ratio0", "ratio_floor", "decay", "half_life")}}
+
+
+class MSSRConfig(_Strict):
+    # "retention" replays where predicted retention falls; "geometric" is the plan of expanding gaps
+    # fixed at task start (MSSR as first published here). docs/mssr.md §2
+    schedule: Literal["retention", "geometric"] = "retention"
+    sampler: MSSRSamplerConfig = MSSRSamplerConfig()
+    retention: MSSRRetentionConfig = MSSRRetentionConfig()
+    geometric: MSSRGeometricConfig = MSSRGeometricConfig()
+    volume: MSSRVolumeConfig = MSSRVolumeConfig()
+    calibration: MSSRCalibrationConfig = MSSRCalibrationConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, v):
+        old = [k for k in v if k in MSSR_MOVED] if isinstance(v, dict) else []
+        if old:
+            k = old[0]
+            raise ValueError(f"'{k}' moved: write replay.mssr.{MSSR_MOVED[k]}.{k}")
+        return v
 
 
 class GeReConfig(_Strict):

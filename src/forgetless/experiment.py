@@ -422,6 +422,9 @@ class Run:
                         if log_file is not None:
                             log_file.write(json.dumps(s.__dict__) + "\n")
                         self.tracking.step(s)
+                        for part in getattr(self.strategy, "parts", [self.strategy]):  # MSSR's calibration probe
+                            if hasattr(part, "calibrate"):
+                                part.calibrate(s.step)
                         if progress:
                             progress.update(bar, advance=1, loss=s.loss, share=s.replay_share, tps=s.tokens_per_s)
 

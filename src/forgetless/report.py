@@ -80,6 +80,7 @@ def report_md(result: dict) -> str:
             "![accuracy matrix](plots/accuracy_matrix.png)", "", "![task accuracy](plots/task_accuracy.png)", ""]
     if retention_trace(result) is not None:
         out += ["![predicted retention](plots/retention.png)", ""]
+    out += calibration_md(result)
     return "\n".join(out)
 
 
@@ -113,12 +114,52 @@ def replay_volume(result: dict) -> list[dict]:
 def retention_trace(result: dict) -> dict | None:
     """The predicted mean retention per step that a strength-keeping strategy (or a part of a
     composite) recorded in ``replay_report``; None when there is none."""
+    tr = _replay_part(result, "retention")
+    return tr if tr and tr.get("step") else None
+
+
+def _replay_part(result: dict, key: str):
+    """``replay_report[key]`` of the strategy or of the first part of a composite that has it."""
     rep = result.get("replay_report") or {}
     for r in [rep, *(v for v in rep.values() if isinstance(v, dict))]:
-        tr = r.get("retention")
-        if tr and tr.get("step"):
-            return tr
+        if r.get(key):
+            return r[key]
     return None
+
+
+def calibration_md(result: dict) -> list[str]:
+    """The memory model's calibration (replay/calibration.py) and the sampler's concentration."""
+    cal, conc = _replay_part(result, "calibration"), _replay_part(result, "concentration")
+    out = []
+    if cal and cal.get("probes"):
+        sp = cal["spearman_mean"]
+        out += ["## Memory model calibration", "",
+                f"{cal['probes']} probes of {cal['rows']} memory rows every {cal['every']} steps. Spearman rank "
+                "correlation between each predictor and the measured loss increase (current loss - loss when "
+                "stored), mean over probes (constant: undefined, no ranking). The memory model beats recency in "
+                f"{cal['model_beats_recency']} of {cal['paired_probes']} probes.", "",
+                "| predictor | " + " | ".join(sp) + " |", "|---" * (len(sp) + 1) + "|",
+                "| Spearman | " + " | ".join(_fmt(v) for v in sp.values()) + " |", "",
+                "![calibration](plots/calibration.png)", ""]
+    if conc:
+        out += ["Sampler weight mass on the top 10% of rows, mid-task: "
+                + ", ".join(f"task {e['task']} {_fmt(e['top10_mass'])}" for e in conc) + ".", ""]
+    return out
+
+
+def plot_calibration(ax, result: dict) -> None:
+    """Predicted retention in bins against the mean observed loss increase of the probed rows."""
+    b = _replay_part(result, "calibration")["bins"]
+    e = np.asarray(b["edges"])
+    y = np.asarray([np.nan if v is None else v for v in b["mean_increase"]], dtype=float)
+    ax.bar((e[:-1] + e[1:]) / 2, np.nan_to_num(y), width=np.diff(e) * 0.9, color="C0")
+    for x, v, n in zip((e[:-1] + e[1:]) / 2, y, b["n"]):
+        if n:
+            ax.annotate(str(n), (x, v), ha="center", va="bottom", fontsize=7)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xlabel("predicted retention m (bin; label: rows)")
+    ax.set_ylabel("mean loss increase (nats)")
+    ax.grid(alpha=0.3)
 
 
 def plot_retention(ax, result: dict) -> None:
@@ -213,6 +254,12 @@ def write_plots(run_dir: Path, result: dict) -> None:
         plot_retention(ax, result)
         ax.set_title(f"memory model: predicted retention and replay — {result['strategy']}")
         save_png(fig, run_dir / "plots" / "retention.png")
+    cal = _replay_part(result, "calibration")
+    if cal and cal.get("probes"):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        plot_calibration(ax, result)
+        ax.set_title(f"memory model calibration — {result['strategy']}")
+        save_png(fig, run_dir / "plots" / "calibration.png")
 
 
 def write_outputs(run_dir: Path, result: dict, results_too: bool = True) -> None:

@@ -32,7 +32,8 @@ RAW = {
         "gere": {"n_samples": 6, "seq_len": 24, "weight": 1.0},
         # today's MSSR one option away (added after the fixture was recorded, when the default
         # schedule became "retention"; the recorded runs had only the geometric schedule)
-        "mssr": {"schedule": "geometric"},
+        # and the memory model and draw of then (the fitted model became the default in issue 20)
+        "mssr": {"schedule": "geometric", "retention": {"model": "legacy"}, "sampler": {"standardize": False}},
     },
 }
 

@@ -33,12 +33,14 @@ Rules shared by all of them:
 from __future__ import annotations
 
 import logging
+import math
 import zlib
 from typing import Any
 
 import numpy as np
 
 from forgetless.replay.base import BaseStrategy, ReplayBatch, ReplayBudget, StrategyContext, register
+from forgetless.replay.calibration import CANDIDATES, CalibrationProbe, forward_losses
 from forgetless.replay.memory import ReplayMemory
 from forgetless.replay.samplers import SAMPLERS
 from forgetless.replay.samplers.strength import MemoryStrength
@@ -89,8 +91,20 @@ class ReplayStrategy(BaseStrategy):
         self.schedule = SCHEDULES[self.schedule_name](self)
         self.sampler = SAMPLERS[self.sampler_name](self)
         self.strength: MemoryStrength | None = None
+        self.shadows: dict[str, MemoryStrength] = {}  # other memory models, scored by the calibration probe
+        self.calibration: CalibrationProbe | None = None
+        mc = self.rcfg.mssr
         if self.schedule.needs_strength or self.sampler.needs_strength:
-            self.strength = MemoryStrength.from_config(self.memory, self.rcfg.mssr, ctx.extras)
+            self.strength = MemoryStrength.from_config(self.memory, mc, ctx)
+            if mc.calibration.enabled:
+                want = list(mc.calibration.compare)
+                if not hasattr(self.strength, "task_sxy") and "task" not in want:
+                    want.append("task")  # a fitted model keeps the rows' stored losses
+                for c in want:
+                    rc = mc.retention.model_copy(update=CANDIDATES[c])
+                    self.shadows[c] = MemoryStrength.from_config(self.memory, mc, ctx, rc, prefix=f"cal_{c}_")
+                self.calibration = CalibrationProbe(self, {"model": self.strength, **self.shadows})
+        self.concentration: list[dict] = []  # sampler weight mass on the top 10% of rows, mid-task
         self.task_index = -1
         self.i = 0  # replay_batch calls in the current task
         self.replayed = 0  # samples replayed in the current task
@@ -119,14 +133,19 @@ class ReplayStrategy(BaseStrategy):
     def on_task_start(self, task, task_index: int, step: int) -> None:
         self.task_index, self.i, self.replayed = int(task_index), 0, 0
         self.budget.open(self.ctx, task_index)
-        if self.strength is not None:
-            self.strength.start_task()
+        for m in self.models():
+            m.start_task(task_index)
         self.schedule.start(task_index, step)
 
     def replay_batch(self, step: int, batch_size: int) -> ReplayBatch | None:
         if self.strength is not None and len(self.memory):
             self.trace_steps.append(int(step))
             self.trace_retention.append(float(self.strength.strength().mean()))
+            spt = self.ctx.steps_per_task
+            if self.task_index < len(spt) and self.i == int(spt[self.task_index]) // 2:
+                w = np.sort(self.strength.weights())[::-1]
+                top = w[: max(1, math.ceil(0.1 * len(w)))].sum()
+                self.concentration.append({"task": self.task_index, "step": int(step), "top10_mass": float(top)})
         n = self.schedule.volume(self.i, step, batch_size)  # the schedule asks
         self.i += 1
         n = self.budget.grant(min(int(n), len(self.memory)))  # the budget grants
@@ -141,17 +160,29 @@ class ReplayStrategy(BaseStrategy):
         losses = as_numpy(losses).astype(np.float64)
         slots = self.memory.slots_of(ids)
         new = (ids >= 0) & (slots < 0)
-        if self.strength is not None:
-            self.strength.observe(ids, losses, slots, new, step)
+        for m in self.models():
+            m.observe(ids, losses, slots, new, step)
         self.schedule.observe(ids, losses, new, step)
 
     def on_task_end(self, task, task_index: int, step: int) -> None:
         self.task_log.append({"task": task_index, "budget": self.budget.total, "replayed": self.replayed})
         self.budget.close(task_index)
         rows = self.memory.admit(self.ctx.stream.samples[task_index])
-        if self.strength is not None:
-            self.strength.admit(rows, step)
+        stored = None  # the fitted model's reference: each admitted row's loss now, at the end of its task
+        if any(hasattr(m, "task_sxy") for m in self.models()) and self.ctx.sample_losses is not None:
+            # evaluation work when only the calibration probe's shadow model needs them
+            stored = forward_losses(self.ctx, self.memory.get(rows), as_eval=not hasattr(self.strength, "task_sxy"))
+        for m in self.models():
+            m.admit(rows, step, stored)
         self.schedule.on_task_end(task_index, step)
+
+    def models(self) -> list[MemoryStrength]:
+        """The memory model and its shadows: all see the same observations."""
+        return ([self.strength] if self.strength is not None else []) + list(self.shadows.values())
+
+    def calibrate(self, step: int) -> dict | None:
+        """The run loop's hook after each step: the calibration probe, when it is due."""
+        return self.calibration.probe(step) if self.calibration is not None else None
 
     # ---- reporting -------------------------------------------------------------------------
     def strengths(self) -> np.ndarray:
@@ -170,6 +201,9 @@ class ReplayStrategy(BaseStrategy):
                                "budget": [dict(e) for e in self.budget.ledger]}
         if self.strength is not None:
             out["retention"] = {"step": list(self.trace_steps), "mean": list(self.trace_retention)}
+            out["concentration"] = [dict(e) for e in self.concentration]
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.report()
         return out
 
     # ---- state ---------------------------------------------------------------------------
@@ -188,6 +222,10 @@ class ReplayStrategy(BaseStrategy):
         }
         if self.strength is not None:
             d["strength"] = self.strength.state_dict()
+            d["concentration"] = [dict(e) for e in self.concentration]
+        if self.calibration is not None:
+            d["shadows"] = {k: m.state_dict() for k, m in self.shadows.items()}
+            d["calibration"] = self.calibration.state_dict()
         return d
 
     def load_state_dict(self, d: dict) -> None:
@@ -202,6 +240,11 @@ class ReplayStrategy(BaseStrategy):
         self.trace_retention = [float(x) for x in np.asarray(d["trace_retention"]).reshape(-1)]
         if self.strength is not None:
             self.strength.load_state_dict(d["strength"])
+            self.concentration = [dict(e) for e in d.get("concentration", [])]
+        if self.calibration is not None:
+            for k, m in self.shadows.items():
+                m.load_state_dict(d["shadows"][k])
+            self.calibration.load_state_dict(d["calibration"])
 
 
 def _preset(name: str):

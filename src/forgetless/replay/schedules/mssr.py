@@ -168,8 +168,8 @@ class GeometricSchedule(Schedule):
 
     def __init__(self, host):
         super().__init__(host)
-        mc = host.rcfg.mssr
-        self.plan = MSSRScheduler(mc.gap0, mc.growth, mc.ratio0, mc.ratio_floor, mc.decay, mc.half_life, mc.max_gap)
+        g, v = host.rcfg.mssr.geometric, host.rcfg.mssr.volume
+        self.plan = MSSRScheduler(g.gap0, g.growth, v.ratio0, v.ratio_floor, v.decay, v.half_life, g.max_gap)
 
     def start(self, task_index: int, step: int) -> None:
         n_steps, budget = _task_length(self.host, task_index)
@@ -212,7 +212,8 @@ class RetentionSchedule(Schedule):
 
     def __init__(self, host):
         super().__init__(host)
-        self.mc = host.rcfg.mssr
+        self.mc = host.rcfg.mssr.volume  # the volume profile
+        self.rc = host.rcfg.mssr.retention  # the signal
         self.start_step, self.n_steps, self.budget = 0, 0, None
         self.accrual = np.empty(0, dtype=np.float64)
         self.bucket, self.cap = 0.0, 1.0
@@ -239,11 +240,11 @@ class RetentionSchedule(Schedule):
         m = self.host.strength.strength()
         if len(m) == 0:
             return 1.0
-        return float(m.mean()) if self.mc.signal == "mean" else float((m >= self.mc.theta).mean())
+        return float(m.mean()) if self.rc.signal == "mean" else float((m >= self.rc.theta).mean())
 
     def volume(self, i: int, step: int, batch_size: int) -> int:
         s = int(step) - self.start_step
-        low = self.retention() < self.mc.line
+        low = self.retention() < self.rc.line
         if self.budget is None:
             n = int(_round_half_up(self.ratio(s) * batch_size)) if low else 0
         else:
