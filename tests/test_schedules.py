@@ -122,11 +122,14 @@ def test_presets_and_bookkeeping_only_when_needed():
 @pytest.mark.parametrize("name", ["mssr_sampler", "mssr_schedule", "mssr"])
 @pytest.mark.parametrize("budget", [0.05, 0.25, 150])
 def test_budget_met_within_5_percent(name, budget):
+    """The fixed interval spreads its whole budget; the retention schedule's allowance may end a task
+    with less than one event's volume unspent (reported as underspend, never flushed)."""
     s = REGISTRY[name](make_ctx({"budget": budget}))
     rec = drive(s, new_loss=lambda t, i: 1.0 + (i % 7) * 0.3, replay_loss=lambda t, i, sid: 0.5 + (sid % 5))
     for t in (1, 2):
-        want = s.ctx.replay_budget(t)
-        assert abs(volumes(rec, t).sum() - want) <= max(1, 0.05 * want), (t, want)
+        want, spent = s.ctx.replay_budget(t), volumes(rec, t).sum()
+        slack = max(1, 0.05 * want) if s.schedule_name == "fixed" else max(1, 0.05 * want, s.schedule.cap - 1)
+        assert 0 <= want - spent <= slack, (t, want, spent)
         assert s.task_log[t]["replayed"] == volumes(rec, t).sum() == s.report()["budget"][t]["spent"]
 
 
@@ -244,10 +247,10 @@ def test_composite_task_replay_parts_share_one_budget(tmp_path):
     def both():
         return build_strategy(make_ctx({"strategy": "uniform+mssr", "budget": 0.25}))
 
-    for name in ("uniform", "mssr"):
+    for name in ("uniform", "mssr"):  # 0.25 x 60 steps x 8 = 120; mssr may leave under one event unspent
         alone = REGISTRY[name](make_ctx({"strategy": name, "budget": 0.25}))
         rec = drive(alone)
-        assert [volumes(rec, t).sum() for t in (1, 2)] == [120, 120]  # 0.25 x 60 steps x 8
+        assert all(120 - 8 < volumes(rec, t).sum() <= 120 for t in (1, 2))
     c = both()
     assert c.parts[0].budget is c.parts[1].budget is c.budget
     rec = drive(c)
