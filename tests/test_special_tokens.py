@@ -150,3 +150,17 @@ def test_general_perplexity_puts_bos_in_front(tmp_path):
     general_perplexity(Spy(len(tok)), tok, ["one text", "another text"], max_length=8)
     assert all(row[0] == tok.bos_token_id for batch in seen for row in batch)
     assert all(len(r) <= 8 for b in seen for r in b)
+
+
+def test_truncation_keeps_bos_and_the_whole_target(tmp_path):
+    from forgetless.data.tokenize import encode
+
+    tok = build("llama3", tmp_path)
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    p = tok("abcdefgh", add_special_tokens=False)["input_ids"]
+    t = tok(" xy", add_special_tokens=False)["input_ids"]
+    ids, labels, cut = encode(tok, "abcdefgh", " xy", 1 + 3 + len(t) + 1)
+    assert cut and ids.tolist() == [bos] + p[-3:] + t + [eos]
+    assert labels.tolist() == [IGNORE] * 4 + t + [eos]
+    ids, _, cut = encode(tok, "abcdefgh", " xy", 3)  # room for BOS + 2 target tokens only
+    assert cut and ids.tolist() == [bos] + t[:2]

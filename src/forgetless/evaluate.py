@@ -34,7 +34,7 @@ LOGITS_BUDGET = 1 << 26  # elements of one perplexity forward's logits (256 MB i
 class EvalResult:
     score: float  # mean of the per-example scores of ``metric`` (accuracy for multiple choice)
     n: int
-    tokens: int  # tokens the model processed: prompt + generated, or prompt + option per option
+    tokens: int  # tokens the model processed: prompt + generated, or each prompt once + its options
     predictions: list[Any] | None = None  # generated strings, or chosen option indices
     metric: str = "exact_match"
 

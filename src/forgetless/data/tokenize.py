@@ -99,8 +99,8 @@ def with_bos(ids: list[int], bos: int | None, keep: int | None = None) -> list[i
 def _assemble(p: list[int], t: list[int], sp: SpecialTokens, max_length: int) -> tuple[np.ndarray, np.ndarray, bool]:
     if not t:
         raise InputError("the target is empty after tokenization", field="target")
-    head = [] if sp.bos is None else [sp.bos]
-    p = list(p)[len(head):] if head and list(p[:1]) == head else list(p)
+    head = with_bos([], sp.bos)
+    p = with_bos(p, sp.bos)[len(head):]  # a BOS the chat template wrote goes back in front once
     room = max_length - len(head)
     t = list(t) + [sp.end]
     truncated = False
@@ -116,11 +116,11 @@ def _assemble(p: list[int], t: list[int], sp: SpecialTokens, max_length: int) ->
     return ids, labels, truncated
 
 
-def encode(tokenizer, prompt: str, target: str, max_length: int, chat: bool = False) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(input_ids, labels, truncated) for one prompt/target pair."""
+def encode(tokenizer, prompt: str, target: str, max_length: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(input_ids, labels, truncated) for one prompt/target pair, without a chat template."""
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     t = tokenizer(target, add_special_tokens=False)["input_ids"]
-    return _assemble(p, t, special_tokens(tokenizer, chat), max_length)
+    return _assemble(p, t, special_tokens(tokenizer), max_length)
 
 
 def apply_template(template: str, prompt: str) -> str:
