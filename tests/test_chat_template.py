@@ -5,11 +5,12 @@ import copy
 
 import pytest
 import torch
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from helpers.fake_lm import BigramLM
 
 from forgetless.data import Example, Task, TaskStream
 from forgetless.data.tokenize import IGNORE, is_instruct, render_prompt, tokenize_stream, use_chat_template
 from forgetless.errors import InputError
+from forgetless import evaluate as ev
 from forgetless.evaluate import evaluate_task
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
@@ -48,20 +49,16 @@ def test_chat_sample_has_loss_on_the_assistant_turn_only(chat_tok):
     assert s.labels.tolist() == [IGNORE] * len(p) + t
 
 
-class Recorder(torch.nn.Module):
+class Recorder(BigramLM):
     """Uniform next-token logits; keeps every input it is given."""
 
-    def __init__(self, V):
-        super().__init__()
-        self.V, self.calls = V, []
-        self.w = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, **kw):
-        self.calls.append(input_ids.clone())
-        return CausalLMOutputWithPast(logits=torch.zeros(*input_ids.shape, self.V), past_key_values=past_key_values)
+    def forward(self, input_ids, **kw):
+        out = super().forward(input_ids, **kw)
+        self.calls[-1] = input_ids.clone()
+        return out
 
 
-def test_evaluation_renders_like_training(chat_tok):
+def test_evaluation_renders_like_training(chat_tok, monkeypatch):
     ex = Example("Capital of France?", " Paris")
     task = Task("g", "generation", [ex], [ex])
     train = tokenize_stream(TaskStream([task]), chat_tok, 128, chat=True).samples[0][0]
@@ -74,12 +71,13 @@ def test_evaluation_renders_like_training(chat_tok):
     assert m.calls[0][0].tolist() == ids(chat_tok, "Capital of France?")
 
     mc = Task("m", "multiple_choice", [], [Example("Pick:", " Paris", (" Rome", " Paris"), 1)])
-    m.calls.clear()
+    seen = []
+    real = ev.score_options
+    monkeypatch.setattr(ev, "score_options", lambda m_, p_, o_, *a: seen.append((p_, o_)) or real(m_, p_, o_, *a))
     evaluate_task(m, chat_tok, mc, chat=True, device="cpu")
-    rows = [r.tolist() for c in m.calls for r in c]
     p = ids(chat_tok, render_prompt(chat_tok, "{prompt}", "Pick:", True))
-    for opt in ("Rome", "Paris"):  # options scored as the assistant turn's content, as trained
-        assert any(r[: len(p) + len(ids(chat_tok, opt))] == p + ids(chat_tok, opt) for r in rows)
+    # options scored as the assistant turn's content (no leading space), as trained
+    assert seen == [([p], [[ids(chat_tok, "Rome"), ids(chat_tok, "Paris")]])]
 
 
 def test_run_with_chat_template_and_knowledge_probe(tmp_path):

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.fake_lm import BigramLM, chain_model  # noqa: F401 (chain_model is used by test_scoring)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from forgetless.data.task import Example, Task
 from forgetless.evaluate import (
-    EvalResult, evaluate_task, general_perplexity, greedy_generate, normalize_answer, score_continuations,
+    EvalResult, evaluate_task, general_perplexity, greedy_generate, normalize_answer, score_options,
 )
 
 TINY_WEIGHTS = Path(__file__).resolve().parent.parent / "src" / "forgetless" / "assets" / "tiny" / "model.safetensors"
@@ -20,25 +21,6 @@ def ids(tok, s):
     return tok(s, add_special_tokens=False)["input_ids"]
 
 
-class BigramLM(torch.nn.Module):
-    """Next-token log-probs depend only on the current token: ``rows[tok]`` or ``default``.
-    Records, per forward, the inputs it saw and whether it ran in eval / inference mode."""
-
-    def __init__(self, V, rows=None, default=None):
-        super().__init__()
-        self.V = V
-        self.default = torch.zeros(V) if default is None else default
-        self.rows = rows or {}
-        self.calls = []
-
-    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, **kw):
-        self.calls.append((input_ids.clone(), self.training, torch.is_inference_mode_enabled()))
-        logits = self.default.expand(*input_ids.shape, self.V).clone()
-        for t, row in self.rows.items():
-            logits[input_ids == t] = row
-        return CausalLMOutputWithPast(logits=logits, past_key_values=past_key_values)
-
-
 def logprob_row(V, probs):
     """Log-probabilities with ``probs`` on the given ids and the rest spread uniformly."""
     rest = (1.0 - sum(probs.values())) / (V - len(probs))
@@ -46,17 +28,6 @@ def logprob_row(V, probs):
     for t, p in probs.items():
         row[t] = math.log(p)
     return row
-
-
-def chain_model(V, answer_ids, eos):
-    """Always answers ``answer_ids`` then EOS, whatever the prompt."""
-    default = torch.zeros(V)
-    default[answer_ids[0]] = 20.0
-    rows = {}
-    for a, b in zip(answer_ids, list(answer_ids[1:]) + [eos]):
-        rows[a] = torch.zeros(V)
-        rows[a][b] = 20.0
-    return BigramLM(V, rows, default)
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +88,19 @@ def test_generation_fixed_answer_exact_accuracy(tokenizer):
 
 
 def test_generation_max_new_tokens_default_and_explicit(tokenizer):
-    ans = ids(tokenizer, " the return value")
+    ans = ids(tokenizer, " one two three four five")
+    assert len(set(ans)) == len(ans) > 3
     model = chain_model(len(tokenizer), ans, tokenizer.eos_token_id)
-    ex = Example("q:", "the return value")
-    task = Task("t", "generation", [], [ex])
-    # default: longest target (in tokens) + 2 -> enough for answer + EOS
-    assert evaluate_task(model, tokenizer, task).accuracy == 1.0
+    ex = Example("q:", "one two three four five")
+    # default: longest TRAINING target (in tokens) + 2 -> enough for answer + EOS
+    assert evaluate_task(model, tokenizer, Task("t", "generation", [ex], [ex])).accuracy == 1.0
+    # the test target never sets it: short training targets give a short budget (1 + 2 tokens)
+    short = Task("t", "generation", [Example("q:", "the")], [ex])
     model.calls.clear()
-    r = evaluate_task(model, tokenizer, task, max_new_tokens=1)
+    r = evaluate_task(model, tokenizer, short)
+    assert r.accuracy == 0.0 and len(model.calls) == 3 and r.predictions == [tokenizer.decode(ans[:3])]
+    model.calls.clear()
+    r = evaluate_task(model, tokenizer, short, max_new_tokens=1)
     assert r.accuracy == 0.0 and len(model.calls) == 1
     assert r.predictions == [tokenizer.decode(ans[:1])]
 
@@ -153,21 +129,32 @@ def gpt2(tokenizer):
                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
 
 
+def naive_greedy(model, prompt, n, stop):
+    """The reference: one full forward of the whole sequence per new token, no cache, no padding."""
+    seq = list(prompt)
+    with torch.inference_mode():
+        for _ in range(n):
+            t = int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+            seq.append(t)
+            if t in stop:
+                break
+    gen = seq[len(prompt):]
+    return (gen[:-1] if gen and gen[-1] in stop else gen), len(seq)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_greedy_loop_matches_generate_and_batching(arch, lm, tokenizer):
+def test_generate_matches_naive_greedy_loop_and_batching(arch, lm, tokenizer):
     model = (lm if arch == "llama" else gpt2(tokenizer)).eval()
     pad = tokenizer.pad_token_id
     prompts = [ids(tokenizer, p) for p in PROMPTS]
-    ours, n = greedy_generate(model, prompts, 6, None, pad, "cpu")
-    assert n == sum(map(len, prompts)) + 6 * len(prompts)
-    width = max(map(len, prompts))
-    x = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = (x != pad).long()
-    with torch.inference_mode():
-        ref = model.generate(input_ids=x, attention_mask=mask, do_sample=False, max_new_tokens=6,
-                             min_new_tokens=6, pad_token_id=pad, eos_token_id=None)
-    assert ours == ref[:, width:].tolist()
-    singles = [greedy_generate(model, [p], 6, None, pad, "cpu")[0][0] for p in prompts]
+    # stop tokens: two ids the model does emit (so rows stop at different lengths) and EOS
+    free = [naive_greedy(model, p, 6, [])[0] for p in prompts]
+    stop = [free[0][2], free[3][1], tokenizer.eos_token_id]
+    ours, n = greedy_generate(model, prompts, 6, stop, pad, "cpu")
+    ref = [naive_greedy(model, p, 6, stop) for p in prompts]
+    assert ours == [g for g, _ in ref] and n == sum(k for _, k in ref)
+    assert len({len(g) for g in ours}) > 1  # rows did stop at different steps
+    singles = [greedy_generate(model, [p], 6, stop, pad, "cpu")[0][0] for p in prompts]
     assert singles == ours
 
 
@@ -211,8 +198,8 @@ def test_multiple_choice_fixed_preference_exact_accuracy(tokenizer):
     for scoring in ("sum", "mean"):
         r = evaluate_task(model, tokenizer, task, mc_scoring=scoring, batch_size=4)
         assert r.predictions == [1] * 5 and r.accuracy == pytest.approx(3 / 5)
-    per_ex = sum(len(ids(tokenizer, f"q{i}:")) * 3 + sum(len(ids(tokenizer, o)) for o in opts) for i in range(5))
-    assert r.tokens == per_ex
+    per_ex = sum(len(ids(tokenizer, f"q{i}:")) + sum(len(ids(tokenizer, o)) for o in opts) for i in range(5))
+    assert r.tokens == per_ex  # each prompt is read once, whatever the number of options
 
 
 def test_sum_and_mean_scoring_differ(tokenizer):
@@ -230,8 +217,8 @@ def test_sum_and_mean_scoring_differ(tokenizer):
     assert evaluate_task(model, tokenizer, task, mc_scoring="mean").predictions == [1]
     assert evaluate_task(model, tokenizer, task, mc_scoring="mean").accuracy == 0.0
     p = ids(tokenizer, "Pick:")
-    got = score_continuations(model, [(p + A, 1), (p + B, 3)], 2, tokenizer.pad_token_id, "cpu")
-    assert got == pytest.approx([-2.0, -3.0], abs=1e-5)  # only the option's tokens are scored
+    got = score_options(model, [p], [[A, B]], 2, tokenizer.pad_token_id, "cpu")
+    assert got[0] == pytest.approx([-2.0, -3.0], abs=1e-5)  # only the option's tokens are scored
 
 
 def test_multiple_choice_truncation_keeps_option(tokenizer):
@@ -239,9 +226,10 @@ def test_multiple_choice_truncation_keeps_option(tokenizer):
     model = BigramLM(V)
     task = Task("m", "multiple_choice", [], [Example(" ".join(["w"] * 30) + ":", " no", (" no", " maybe so"), 0)])
     evaluate_task(model, tokenizer, task, max_length=10)
-    seqs = model.calls[0][0]
-    assert seqs.shape[1] == 10
-    assert seqs[1].tolist()[-3:] == ids(tokenizer, " maybe so")
+    prompt, options = model.calls[0][0], model.calls[1][0]
+    assert prompt.shape == (1, 7)  # 10 - the longest option, cut from the left
+    assert prompt[0].tolist() == ids(tokenizer, task.test[0].prompt)[-7:]
+    assert options[1].tolist() == ids(tokenizer, " maybe so")
 
 
 def test_multiple_choice_batch_size_does_not_change_results(lm, tokenizer):
@@ -251,6 +239,35 @@ def test_multiple_choice_batch_size_does_not_change_results(lm, tokenizer):
         a = evaluate_task(lm, tokenizer, task, batch_size=1, mc_scoring=scoring)
         b = evaluate_task(lm, tokenizer, task, batch_size=64, mc_scoring=scoring)
         assert a.predictions == b.predictions and a.accuracy == b.accuracy and a.tokens == b.tokens
+
+
+def reference_option_scores(model, prompt, options):
+    """The reference: one full forward of prompt + option per option, log-softmax over all logits."""
+    out = []
+    with torch.inference_mode():
+        for o in options:
+            x = torch.tensor([prompt + o])
+            lp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), -1)
+            out.append(float(lp[len(prompt) - 1:].gather(-1, x[0, len(prompt):, None]).sum()))
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_option_scores_match_full_forward_per_option(lm, tokenizer, batch_size):
+    """Sharing the prompt's forward (KV cache, logits only where an option token is predicted)
+    gives the log-likelihoods of scoring every option on its own, on the tiny model."""
+    lm.eval()
+    opts = [" no", " maybe so", " the return value of it", " cat", " x"]
+    prompts = [ids(tokenizer, p) for p in PROMPTS]
+    options = [[ids(tokenizer, o) for o in opts[: 2 + i % 4]] for i in range(len(prompts))]
+    got = score_options(lm, prompts, options, batch_size, tokenizer.pad_token_id, "cpu")
+    for p, o, g in zip(prompts, options, got):
+        assert g == pytest.approx(reference_option_scores(lm, p, o), abs=2e-4)
+    task = Task("m", "multiple_choice", [], [Example(p, opts[i % 2], tuple(opts[: 2 + i % 4]), i % 2)
+                                             for i, p in enumerate(PROMPTS)])
+    ref = [max(range(len(o)), key=lambda j, r=reference_option_scores(lm, p, o), o=o: (r[j] / len(o[j]), -j))
+           for p, o in zip(prompts, options)]
+    assert evaluate_task(lm, tokenizer, task, batch_size=batch_size).predictions == ref
 
 
 def test_invalid_inputs(tokenizer):

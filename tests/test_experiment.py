@@ -272,3 +272,40 @@ def test_fsdp_and_deepspeed_refused_in_one_line(kind):
     with pytest.raises(InputError, match=f"does not support {kind}"):
         experiment.check_engine(SimpleNamespace(distributed_type=DistributedType[kind]))
     experiment.check_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
+
+
+def test_stage_adapters_load_with_peft(finished, tmp_path):
+    """Each stage's LoRA weights are also in PEFT's format: PeftModel.from_pretrained on the base
+    model gives the outputs of the run's own exact-resume weights; the manifest covers them."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from forgetless import rundir
+    from forgetless.model import TINY_DIR, load_model, load_trainable
+
+    run_dir, _ = finished
+    stage = run_dir / "stages" / "2"
+    assert {p.name for p in (stage / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    cfg = _cfg()
+    ours, _ = load_model(cfg.model, device="cpu")
+    load_trainable(ours, stage / "trainable.safetensors")
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(TINY_DIR, dtype=torch.float32),
+                                       stage / "adapter")
+    x = torch.tensor([[5, 17, 300, 42, 7, 99]])
+    with torch.no_grad():
+        a, b = ours.eval()(input_ids=x).logits, theirs.eval()(input_ids=x).logits
+        base = theirs.get_base_model()
+        with theirs.disable_adapter():
+            c = base(input_ids=x).logits
+    assert torch.equal(a, b) and not torch.allclose(b, c)  # trained adapters, loaded exactly
+    files = json.loads((stage / "manifest.json").read_text())["files"]
+    assert "adapter/adapter_model.safetensors" in files and "adapter/adapter_config.json" in files
+    copy = tmp_path / "2"
+    shutil.copytree(stage, copy)
+    with open(copy / "adapter" / "adapter_model.safetensors", "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+    assert "adapter_model.safetensors is damaged" in rundir.verify_stage(copy)

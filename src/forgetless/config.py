@@ -153,10 +153,15 @@ class TrainConfig(_Strict):
     report_to: list[Tracker] = []
 
 
+# generation length of a task without training examples (a Trainer task given as a tokenized
+# dataset) when eval.max_new_tokens is not set
+GENERATION_TOKENS_WITHOUT_TRAIN = 32
+
+
 class EvalConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     mc_scoring: Literal["mean", "sum"] = "mean"  # option log-likelihood: length-normalised or summed
-    max_new_tokens: int | None = Field(None, ge=1)  # None: longest target in the task + 2
+    max_new_tokens: int | None = Field(None, ge=1)  # None: longest TRAINING target of the task + 2
     # lm-evaluation-harness tasks run on the current model (forgetless.harness); none by default
     general_tasks: list[str] = []
     # a task YAML with `!function` makes lm-eval import and run the user's Python file: refused

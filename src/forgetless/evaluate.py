@@ -1,11 +1,16 @@
 """Task accuracy of a (possibly PEFT-wrapped) Hugging Face causal LM, and general perplexity.
 
-Prompts and answers are tokenized the way training tokenizes them: the (templated) prompt and the
-answer separately, without special tokens, then concatenated; a prompt too long for ``max_length``
-loses tokens from the left. Generation is batched greedy decoding with a small hand-written
-KV-cache loop (left padding, explicit position ids, logits of the last position only). On the tiny
-model on CPU it is as fast as ``model.generate(do_sample=False)`` (within noise, same tokens) and
-it also runs any module that returns ``logits`` and ``past_key_values``, which keeps tests simple.
+Prompts and answers are tokenized the way training tokenizes them (``data/tokenize.py``): BOS
+when the tokenizer adds one, the (templated) prompt and the answer separately, without special
+tokens, then concatenated; a prompt too long for ``max_length`` loses tokens from the left.
+
+- Generation: ``model.generate``, greedy, left padding, stopping at the end-of-turn / EOS tokens;
+  its length is ``eval.max_new_tokens`` or the longest TRAINING target + 2, never a test target.
+- Multiple choice: one forward of each prompt (``logits_to_keep=1``) fills the KV cache; the
+  cache is copied to one row per option and all options of a batch run in one forward on it,
+  keeping only the logits of positions that predict an option token. No option re-reads its
+  prompt and no full-vocabulary logits are built that are not read.
+- Perplexity: the forwards are split so no logits tensor exceeds ``LOGITS_BUDGET`` elements.
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ from typing import Any, Literal, Sequence
 import torch
 
 from forgetless.data.task import Example, Task
-from forgetless.data.tokenize import render_prompt, render_target
+from forgetless.data.tokenize import render_prompt, render_target, special_tokens, with_bos
 from forgetless.losses import token_losses
 from forgetless.scoring import metric_for, normalize_answer, score_texts  # noqa: F401 (re-exported)
+
+LOGITS_BUDGET = 1 << 26  # elements of one perplexity forward's logits (256 MB in fp32)
+
 
 @dataclass
 class EvalResult:
     score: float  # mean of the per-example scores of ``metric`` (accuracy for multiple choice)
     n: int
-    tokens: int  # tokens the model processed: prompt + generated, or prompt + option per option
+    tokens: int  # tokens the model processed: prompt + generated, or each prompt once + its options
     predictions: list[Any] | None = None  # generated strings, or chosen option indices
     metric: str = "exact_match"
 
@@ -66,14 +74,6 @@ def _default_max_length(model) -> int | None:
     return getattr(cfg, "max_position_embeddings", None)
 
 
-def _left_truncate(ids: list[int], keep: int | None) -> list[int]:
-    if keep is None or len(ids) <= keep:
-        return ids
-    if keep < 1:
-        raise ValueError(f"max_length leaves no room for the prompt (keep={keep})")
-    return ids[len(ids) - keep:]
-
-
 class _eval_mode:
     """model.eval() + inference_mode for the block; training mode restored afterwards."""
 
@@ -92,6 +92,19 @@ class _eval_mode:
         return False
 
 
+def generation_length(tokenizer, task: Task, setting: int | None = None, chat: bool = False) -> int:
+    """New tokens a generation may take: ``setting`` (``eval.max_new_tokens``) when given, else
+    the task's longest TRAINING target + 2 (END and one spare). Test targets never set it: the
+    gold answers must not tell the model how long to talk. A task without training examples
+    gets ``config.GENERATION_TOKENS_WITHOUT_TRAIN``."""
+    from forgetless.config import GENERATION_TOKENS_WITHOUT_TRAIN
+
+    if setting is not None:
+        return setting
+    targets = _tokenize(tokenizer, [render_target(ex.target, chat) for ex in task.train])
+    return max(map(len, targets)) + 2 if targets else GENERATION_TOKENS_WITHOUT_TRAIN
+
+
 def evaluate_task(
     model,
     tokenizer,
@@ -108,10 +121,11 @@ def evaluate_task(
     chat: bool = False,
 ) -> EvalResult:
     """Mean score on ``examples`` (default ``task.test``). Generation tasks: greedy generations
-    scored with ``metric`` (default ``task.metric``, else exact match after
-    :func:`normalize_answer`). Multiple choice: accuracy of the argmax option log-likelihood
-    (``mean``: per-token average, ``sum``: total). ``chat``: prompts and answers rendered
-    through the tokenizer's chat template, exactly as training renders them."""
+    (length: :func:`generation_length`) scored with ``metric`` (default ``task.metric``, else
+    exact match after :func:`normalize_answer`). Multiple choice: accuracy of the argmax option
+    log-likelihood (``mean``: per-token average, ``sum``: total). ``chat``: prompts and answers
+    rendered through the tokenizer's chat template, exactly as training renders them.
+    ``batch_size`` counts sequences: prompts for generation, options for multiple choice."""
     metric = metric_for(task.kind, metric or task.metric)
     examples = list(task.test if examples is None else examples)
     if not examples:
@@ -123,36 +137,45 @@ def evaluate_task(
     dev = _device_of(model, device)
     if max_length is None:
         max_length = _default_max_length(model)
+    sp = special_tokens(tokenizer, chat)
     prompts = _tokenize(tokenizer, [render_prompt(tokenizer, template, ex.prompt, chat) for ex in examples])
     if chat:  # answers as the assistant turn's content, as in training
         examples = [replace(ex, target=render_target(ex.target, True),
                             choices=ex.choices and tuple(render_target(c, True) for c in ex.choices))
                     for ex in examples]
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if start is not None:  # an empty prompt gives the model nothing to predict the answer from
-        prompts = [p or [start] for p in prompts]
+
+    def frame(p: list[int], room: int) -> list[int]:
+        # BOS + prompt cut to what leaves ``room`` tokens; an empty prompt gives the model nothing
+        # to predict from, so it is EOS when there is no BOS
+        return with_bos(p, sp.bos, None if max_length is None else max_length - room) or [sp.stop[-1]]
+
     with _eval_mode(model):
         if task.kind == "generation":
-            return _eval_generation(model, tokenizer, examples, prompts, batch_size,
-                                    max_new_tokens, max_length, dev, metric)
-        return _eval_choice(model, tokenizer, task, examples, prompts, batch_size, mc_scoring,
-                            max_length, dev)
+            n_new = generation_length(tokenizer, task, max_new_tokens, chat)
+            return _eval_generation(model, tokenizer, examples, [frame(p, n_new) for p in prompts], batch_size,
+                                    n_new, sp.stop, dev, metric)
+        options = []
+        for k, ex in enumerate(examples):
+            if not ex.choices or ex.answer is None:
+                raise ValueError(f"task '{task.name}': multiple-choice example {k} needs choices and answer")
+            opts = _tokenize(tokenizer, list(ex.choices))
+            for c, o in zip(ex.choices, opts):
+                if not o:
+                    raise ValueError(f"task '{task.name}': example {k} has an empty option {c!r}")
+            options.append(opts)
+        prompts = [frame(p, max(map(len, o))) for p, o in zip(prompts, options)]
+        return _eval_choice(model, tokenizer, examples, prompts, options, batch_size, mc_scoring, dev)
 
 
-def _eval_generation(model, tokenizer, examples, prompts, batch_size, max_new_tokens,
-                     max_length, dev, metric) -> EvalResult:
-    if max_new_tokens is None:
-        max_new_tokens = max(map(len, _tokenize(tokenizer, [ex.target for ex in examples]))) + 2
-    keep = None if max_length is None else max_length - max_new_tokens
-    prompts = [_left_truncate(p, keep) for p in prompts]
-    eos = tokenizer.eos_token_id
+def _eval_generation(model, tokenizer, examples, prompts, batch_size, max_new_tokens, stop, dev,
+                     metric) -> EvalResult:
     pad = _pad_id(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding per batch
     outputs: list[list[int]] = [[] for _ in prompts]
     tokens = 0
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        gen, n = greedy_generate(model, [prompts[i] for i in idx], max_new_tokens, eos, pad, dev)
+        gen, n = greedy_generate(model, [prompts[i] for i in idx], max_new_tokens, stop, pad, dev)
         tokens += n
         for i, g in zip(idx, gen):
             outputs[i] = g
@@ -187,112 +210,111 @@ def evaluate_sharded(accelerator, model, tokenizer, task: Task, examples: Sequen
     return (correct / n if n else 0.0), int(tokens)
 
 
-def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None,
-                    pad_id: int, device) -> tuple[list[list[int]], int]:
-    """Greedy continuations of a batch of token-id prompts, each cut before its first EOS.
-
-    Left padding with an attention mask and position ids counted from each row's first real
-    token, so a row's result does not depend on what it is batched with. Returns the
-    continuations and the token count: prompt tokens + generated tokens (EOS included).
-    """
-    B = len(prompts)
+def _left_padded(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
-    ids = torch.full((B, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, width), dtype=torch.long)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for r, p in enumerate(prompts):
         ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[r, width - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    with_pos = _accepts(model, "position_ids")  # not e.g. BLOOM (ALiBi from the mask)
-    with_keep = _accepts(model, "logits_to_keep")
-    tokens = sum(len(p) for p in prompts)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    out = torch.empty((B, 0), dtype=torch.long, device=device)
-    past = None
-    for _ in range(max_new_tokens):
-        extra = {"position_ids": pos} if with_pos else {}
-        if with_keep:
-            extra["logits_to_keep"] = 1
-        res = model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=True,
-                    **extra)
-        past = res.past_key_values
-        nxt = res.logits[:, -1, :].argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        out = torch.cat([out, nxt[:, None]], dim=1)
-        tokens += int((~done).sum())
-        if eos_id is not None:
-            done = done | (nxt == eos_id)
-        if bool(done.all()):
-            break
-        ids = nxt[:, None]
-        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
-        pos = pos[:, -1:] + 1
-    gens = []
+    return ids.to(device), mask.to(device)
+
+
+# plain greedy decoding: the model's own generation_config (sampling settings, repetition
+# penalty) fills only what is not set here, so these are set to their neutral values
+_GREEDY = dict(do_sample=False, num_beams=1, temperature=1.0, top_k=50, top_p=1.0, repetition_penalty=1.0,
+               no_repeat_ngram_size=0, min_new_tokens=0)
+
+
+def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: int | Sequence[int],
+                    pad_id: int, device) -> tuple[list[list[int]], int]:
+    """Greedy continuations of a batch of token-id prompts by ``model.generate``, each cut before
+    its first stop token (EOS, end-of-turn). Left padding with an attention mask, so a row's
+    result does not depend on what it is batched with. Returns the continuations and the token
+    count: prompt tokens + generated tokens (the stop token included)."""
+    from transformers import GenerationConfig
+
+    stop = [int(stop_ids)] if isinstance(stop_ids, int) else [int(i) for i in stop_ids]
+    if not stop:
+        raise ValueError("greedy_generate needs at least one stop token")
+    ids, mask = _left_padded(prompts, pad_id, device)
+    cfg = GenerationConfig(**_GREEDY, max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=pad_id)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)[:, ids.shape[1]:]
+    gens, tokens = [], sum(len(p) for p in prompts)
     for row in out.tolist():
-        if eos_id is not None and eos_id in row:
-            row = row[: row.index(eos_id)]
-        gens.append(row)
+        cut = next((i for i, t in enumerate(row) if t in stop), None)
+        gens.append(row if cut is None else row[:cut])
+        tokens += len(row) if cut is None else cut + 1
     return gens, tokens
 
 
-def _eval_choice(model, tokenizer, task, examples, prompts, batch_size, mc_scoring, max_length,
-                 dev) -> EvalResult:
-    seqs: list[tuple[list[int], int]] = []  # (prompt + option ids, option length)
-    owner: list[int] = []
-    for k, (ex, p) in enumerate(zip(examples, prompts)):
-        if not ex.choices or ex.answer is None:
-            raise ValueError(f"task '{task.name}': multiple-choice example {k} needs choices and answer")
-        for c, opt in zip(ex.choices, _tokenize(tokenizer, list(ex.choices))):
-            if not opt:
-                raise ValueError(f"task '{task.name}': example {k} has an empty option {c!r}")
-            keep = None if max_length is None else max_length - len(opt)
-            seqs.append((_left_truncate(p, keep) + opt, len(opt)))
-            owner.append(k)
-    scores = score_continuations(model, seqs, batch_size, _pad_id(tokenizer), dev)
-    if mc_scoring == "mean":
-        scores = [s / n for s, (_, n) in zip(scores, seqs)]
-    best: list[tuple[float, int]] = [(-math.inf, -1)] * len(examples)
-    counters = [0] * len(examples)
-    for k, s in zip(owner, scores):
-        j = counters[k]
-        counters[k] += 1
-        if s > best[k][0]:  # strict: ties go to the first option
-            best[k] = (s, j)
-    preds = [b[1] for b in best]
+def _eval_choice(model, tokenizer, examples, prompts, options, batch_size, mc_scoring, dev) -> EvalResult:
+    scores = score_options(model, prompts, options, batch_size, _pad_id(tokenizer), dev)
+    preds = []
+    for sc, opts in zip(scores, options):
+        if mc_scoring == "mean":
+            sc = [s / len(o) for s, o in zip(sc, opts)]
+        preds.append(max(range(len(sc)), key=lambda j: (sc[j], -j)))  # ties go to the first option
     correct = sum(p == ex.answer for p, ex in zip(preds, examples))
-    tokens = sum(len(ids) for ids, _ in seqs)
+    tokens = sum(len(p) + sum(map(len, o)) for p, o in zip(prompts, options))
     return EvalResult(correct / len(examples), len(examples), tokens, preds, "accuracy")
 
 
-def score_continuations(model, seqs: list[tuple[list[int], int]], batch_size: int, pad_id: int,
-                        device) -> list[float]:
-    """Summed log-probability of the last ``n`` tokens of each sequence given what precedes them.
+def score_options(model, prompts: list[list[int]], options: list[list[list[int]]], batch_size: int, pad_id: int,
+                  device) -> list[list[float]]:
+    """Summed log-probability of every option of every prompt, given the prompt.
 
-    Right padding (harmless for a causal model: real positions never see the padding), sequences
-    sorted by length so each forward pads little.
+    Prompts are batched (sorted by length, left padding) until their options fill ``batch_size``
+    rows. One forward per batch of prompts (``logits_to_keep=1``: the logits of the last
+    position, which score every option's first token) fills the KV cache; the cache is copied to
+    one row per option, and one forward of the options (right padding, positions continuing the
+    prompt) on it gives the rest, with logits only where an option token is predicted.
     """
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
-    out = [0.0] * len(seqs)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        width = max(len(seqs[i][0]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        target = torch.zeros((len(idx), width), dtype=torch.bool)
-        for r, i in enumerate(idx):
-            seq, n = seqs[i]
-            ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[r, : len(seq)] = 1
-            target[r, len(seq) - n : len(seq)] = True
-        ids, mask, target = ids.to(device), mask.to(device), target.to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, :]
-        sel = target[:, 1:]  # softmax only where an option token is predicted
-        lp = torch.log_softmax(logits[sel].float(), dim=-1).gather(-1, ids[:, 1:][sel][:, None]).squeeze(-1)
-        rows = torch.arange(len(idx), device=device)[:, None].expand_as(sel)[sel]
-        tot = torch.zeros(len(idx), dtype=torch.float32, device=device).index_add_(0, rows, lp)
-        for r, i in enumerate(idx):
-            out[i] = float(tot[r])
+    keep = _accepts(model, "logits_to_keep")
+    with_pos = _accepts(model, "position_ids")  # not e.g. BLOOM (ALiBi from the mask)
+    order = sorted(range(len(prompts)), key=lambda k: len(prompts[k]))
+    out = [[0.0] * len(o) for o in options]
+    s = 0
+    while s < len(order):
+        idx, rows = [], 0
+        while s < len(order) and (not idx or rows + len(options[order[s]]) <= batch_size):
+            idx.append(order[s])
+            rows += len(options[order[s]])
+            s += 1
+        ids, mask = _left_padded([prompts[k] for k in idx], pad_id, device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        extra = {"position_ids": pos} if with_pos else {}
+        res = model(input_ids=ids, attention_mask=mask, use_cache=True, **extra,
+                    **({"logits_to_keep": 1} if keep else {}))
+        first = torch.log_softmax(res.logits[:, -1, :].float(), dim=-1)  # (prompts, V)
+        opts = [(b, j, o) for b, k in enumerate(idx) for j, o in enumerate(options[k])]
+        owner = torch.tensor([b for b, _, _ in opts], device=device)
+        tot = first[owner, torch.tensor([o[0] for _, _, o in opts], device=device)]
+        width = max(len(o) for _, _, o in opts)
+        if width > 1:  # tokens after the first: one forward of all options on the prompts' cache
+            cache = res.cache
+            if cache is None:
+                raise ValueError("the model returned no KV cache for use_cache=True")
+            cache.batch_select_indices(owner)
+            oid = torch.full((len(opts), width), pad_id, dtype=torch.long)
+            omask = torch.zeros((len(opts), width), dtype=torch.long)
+            for r, (_, _, o) in enumerate(opts):
+                oid[r, : len(o)] = torch.tensor(o, dtype=torch.long)
+                omask[r, : len(o)] = 1
+            oid, omask = oid.to(device), omask.to(device)
+            need = torch.zeros_like(omask, dtype=torch.bool)
+            need[:, :-1] = omask[:, 1:].bool()  # position i predicts option token i + 1
+            extra = {"position_ids": pos[owner, -1:] + 1 + torch.arange(width, device=device)} if with_pos else {}
+            if keep:
+                extra["logits_to_keep"] = need
+            logits = model(input_ids=oid, attention_mask=torch.cat([mask[owner], omask], dim=1), cache=cache,
+                           use_cache=True, **extra).logits
+            logits = logits if keep else logits[need]  # (option tokens after the first, V)
+            lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, oid[:, 1:][need[:, :-1]][:, None]).squeeze(-1)
+            rows_of = torch.arange(len(opts), device=device)[:, None].expand_as(need)[need]
+            tot = tot.index_add(0, rows_of, lp)
+        for (b, j, _), v in zip(opts, tot.tolist()):
+            out[idx[b]][j] = v
     return out
 
 
@@ -300,35 +322,44 @@ def general_perplexity(model, tokenizer, texts: Sequence[str], *, max_length: in
                        batch_size: int = 16, device=None) -> tuple[float, int]:
     """Token-weighted perplexity exp(total NLL / predicted tokens) over ``texts``.
 
-    Each text is tokenized without special tokens, cut to ``max_length - 1`` tokens and EOS is
-    appended; padding is masked. Returns the perplexity and the tokens processed.
+    Each text is tokenized without special tokens, cut to ``max_length - 1`` tokens (less BOS,
+    put in front when the tokenizer adds one) and EOS is appended; padding is masked. Each batch
+    runs in as many forwards as keep its logits under ``LOGITS_BUDGET`` elements. Returns the
+    perplexity and the tokens processed.
     """
+    from forgetless.data.tokenize import bos_token
+
     if max_length < 2:
         raise ValueError("max_length must be >= 2")
-    eos = tokenizer.eos_token_id
+    eos, bos = tokenizer.eos_token_id, bos_token(tokenizer)
+    body = max_length - 1 - (bos is not None)
     seqs = []
     for ids in _tokenize(tokenizer, list(texts)):
-        seqs.append(ids[: max_length - 1] + ([eos] if eos is not None else []))
+        seqs.append(with_bos(ids[:body], bos) + ([eos] if eos is not None else []))
     seqs = [s for s in seqs if len(s) >= 2]
     if not seqs:
         raise ValueError("general_perplexity needs at least one text of >= 1 token")
     dev = _device_of(model, device)
     pad = _pad_id(tokenizer)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
     nll, count = 0.0, 0
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     with _eval_mode(model):
         for s in range(0, len(order), batch_size):
             batch = [seqs[i] for i in order[s : s + batch_size]]
             width = max(len(x) for x in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, x in enumerate(batch):
-                ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
-                labels[r, : len(x)] = ids[r, : len(x)]
-                mask[r, : len(x)] = 1
-            ids, labels, mask = ids.to(dev), labels.to(dev), mask.to(dev)
-            tl, has_label = token_losses(model(input_ids=ids, attention_mask=mask).logits, labels)
-            nll += float((tl * has_label).sum())
-            count += int(has_label.sum())
+            per = max(1, LOGITS_BUDGET // (width * vocab))
+            for c in range(0, len(batch), per):
+                chunk = batch[c : c + per]
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for r, x in enumerate(chunk):
+                    ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+                    labels[r, : len(x)] = ids[r, : len(x)]
+                    mask[r, : len(x)] = 1
+                ids, labels, mask = ids.to(dev), labels.to(dev), mask.to(dev)
+                tl, has_label = token_losses(model(input_ids=ids, attention_mask=mask).logits, labels)
+                nll += float((tl * has_label).sum())
+                count += int(has_label.sum())
     return math.exp(nll / count), sum(len(x) for x in seqs)

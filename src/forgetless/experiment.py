@@ -275,7 +275,7 @@ class Run:
         return self.run_dir / "stages" / str(k)
 
     def _save_stage(self, k: int, row: list[float], ppl: float | None) -> None:
-        from forgetless.model import save_trainable
+        from forgetless.model import save_adapter, save_trainable
 
         acc = self.accelerator
         strategy_state = self.strategy.state_dict()  # every process computes it (same state)
@@ -287,6 +287,7 @@ class Run:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             save_trainable(self.base_model, tmp / "trainable.safetensors")
+            save_adapter(self.base_model, tmp / "adapter")  # LoRA in PEFT's format, for users
             save_state(strategy_state, tmp, "strategy")
             loop = {
                 "stage": k, "global_step": self.global_step, "row": row, "general_ppl": ppl,
@@ -298,7 +299,7 @@ class Run:
             if torch.cuda.is_available():
                 loop["cuda_rng"] = torch.cuda.get_rng_state().numpy()
             save_state(loop, tmp, "loop")
-            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             atomic_write_text(tmp / MANIFEST, json.dumps({"files": files}, indent=1))
             tmp.rename(final)
         self.saved_stage = k

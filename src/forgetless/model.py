@@ -335,6 +335,18 @@ def save_trainable(model, path) -> None:
     save_file(state, str(path))
 
 
+def save_adapter(model, directory) -> bool:
+    """The LoRA weights in PEFT's own format (``adapter_config.json`` + ``adapter_model.safetensors``)
+    for users: ``PeftModel.from_pretrained(base, directory)`` loads them. Resuming reads
+    ``trainable.safetensors``. False (nothing written) for a model without adapters."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return False
+    model.save_pretrained(str(directory), safe_serialization=True)
+    return True
+
+
 def load_trainable(model, path) -> None:
     """Copy the saved tensors into the model in place; the file must match its trainable set."""
     saved = load_file(str(path))

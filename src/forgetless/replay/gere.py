@@ -208,14 +208,6 @@ def check_source(source: str | None, strategies: list[str]) -> None:
         read_texts(source)
 
 
-def _adds_bos(tokenizer) -> bool:
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return False
-    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
-    return len(ids) > 0 and ids[0] == bos
-
-
 def build_general_samples(texts: list[str], tokenizer, n_samples: int, seq_len: int, seed: int = 0,
                           source: str = "general texts") -> list[Sample]:
     """``n_samples`` windows of exactly ``seq_len`` tokens from the concatenated documents.
@@ -226,7 +218,9 @@ def build_general_samples(texts: list[str], tokenizer, n_samples: int, seq_len: 
     sample repeats text).
     """
     eos = getattr(tokenizer, "eos_token_id", None)
-    bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
+    from forgetless.data.tokenize import bos_token
+
+    bos = bos_token(tokenizer)  # the same rule as training and evaluation
     body = seq_len - (bos is not None)
     need = n_samples * body
     order = np.random.default_rng([seed, _RNG_SALT]).permutation(len(texts))
