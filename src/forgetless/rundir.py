@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +116,14 @@ def check_same_run(cfg: Config, run_dir: Path, stream=None) -> None:
 
 
 class RunLock:
-    """One writer per run directory: an exclusive ``flock`` on ``<run>/.lock``, which holds the
-    writer's PID. The kernel drops the lock when its process dies, so a stale lock (a killed run)
-    is simply taken over."""
+    """One writer per run directory (or bench directory): an exclusive ``flock`` on ``<dir>/.lock``,
+    which holds the writer's PID. The kernel drops the lock when its process dies, so a stale lock
+    (a killed run) is simply taken over. Every deletion of a directory's contents goes through
+    ``clear`` or ``remove_dirs`` with its lock held, so nothing deletes a directory in use."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, what: str = "run directory"):
         self.path = Path(run_dir) / LOCK
+        self.what = what
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -130,22 +133,62 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise InputError(f"{self.what} {self.path.parent} is in use by process {holder}; wait for it to "
+                                 "end or choose another name") from None
+            try:  # the file may have been removed (remove_dirs) between open and flock: lock the new one
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise InputError(f"run directory {self.path.parent} is in use by process {holder}; wait for it to end "
-                             "or choose another name") from None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+
+    def clear(self) -> None:
+        """Delete everything in the directory but the lock (held by the caller)."""
+        for p in self.path.parent.iterdir():
+            if p.name != LOCK:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+    def remove(self) -> None:
+        """Delete the directory, lock file last (held by the caller); the lock is then released."""
+        self.clear()
+        self.path.unlink()  # a writer that opened it meanwhile sees another inode and retries
+        self.release()
+        try:
+            self.path.parent.rmdir()
+        except OSError:  # a new writer already took the directory: it is theirs now
+            pass
 
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
+
+
+def remove_dirs(dirs: list[Path], what: str = "run directory") -> None:
+    """Delete directories, each under its own lock. Every lock is taken before anything is deleted,
+    so one directory in use (a running bench or run) is one line and nothing is removed."""
+    locks = []
+    try:
+        for d in dirs:
+            lock = RunLock(d, what)
+            lock.acquire()
+            locks.append(lock)
+        for lock in locks:
+            lock.remove()
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 def sha256_file(path: Path) -> str:
