@@ -666,6 +666,7 @@ def test_swapped_model_weights_are_named_on_resume_and_reuse(tmp_path, capsys):
         bench.bench(cfg, ["none"], [0], out=out, progress=False)
     assert (out / "bench.json").read_text() == bench_json
     stamp = (run_dir / "results.json").stat().st_mtime_ns
+    capsys.readouterr()  # the bench's own warnings
     status, err = _cli(capsys, "run", run_dir / "config.yaml", "--output", out / "runs", "--resume", "--quiet")
     assert status == 2 and named in _one_line(err) and "--fresh" in _one_line(err)
     assert (run_dir / "results.json").stat().st_mtime_ns == stamp
