@@ -69,8 +69,10 @@ def summarize(result: dict) -> dict:
         "hm_ga_ap": metrics.harmonic_mean(ga, m["ap"]) if ga is not None else None,
         "replay_tokens": c["replay_tokens"], "replay_samples": c["replay_samples"],
         # GeRe's reference pass counts in every run that uses it (cached or not), so order does not matter
-        "extra_forward_tokens": c["extra_forward_tokens"] + c.get("reference_tokens", 0), "eval_tokens": c["eval_tokens"],
-        "wall_s": c["time_train_s"] + c["time_replay_bookkeeping_s"] + c["time_eval_s"] + c.get("time_reference_s", 0.0),
+        "extra_forward_tokens": c["extra_forward_tokens"] + c.get("reference_tokens", 0),
+        "eval_tokens": c["eval_tokens"],
+        "wall_s": c["time_train_s"] + c["time_replay_bookkeeping_s"] + c["time_eval_s"]
+        + c.get("time_reference_s", 0.0),
     }
 
 
