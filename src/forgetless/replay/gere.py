@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -309,12 +310,15 @@ class ReferenceStore:
         try:
             maps = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dt, shape=shape)
                     for name, (shape, dt) in arrays.items()}
+            t0 = time.perf_counter()
             stats, dim = fill(maps)
+            seconds = time.perf_counter() - t0  # charged to every run that uses the entry (time_reference_s)
             for m in maps.values():
                 m.flush()
             del maps
             np.savez(tmp / "stats.npz", **{k: np.asarray(v) for k, v in stats.state_dict().items()})
-            (tmp / "meta.json").write_text(json.dumps({"arrays": list(arrays), "dim": dim, "version": CACHE_VERSION}))
+            (tmp / "meta.json").write_text(json.dumps({"arrays": list(arrays), "dim": dim, "version": CACHE_VERSION,
+                                                         "time_s": seconds}))
             try:
                 os.rename(tmp, directory)
             except OSError:
@@ -325,12 +329,6 @@ class ReferenceStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return ReferenceStore(directory)
-
-
-def _has_adapter(model) -> bool:
-    from peft import PeftModel
-
-    return isinstance(_unwrap(model), PeftModel)
 
 
 def _adapter_off(model):
@@ -445,9 +443,9 @@ class GeRe(BaseStrategy):
         self._base_fp = _model_fingerprint(ctx.model) if ctx.model is not None else ""
         if ctx.model is not None and ctx.tokenizer is not None:
             self._ensure_samples()  # a bad general-text source fails before the run writes anything
-            if not _has_adapter(ctx.model):
-                # full fine-tuning: this is the only moment the starting weights exist
-                self._ensure_references()
+            # now, while the weights are the starting model's (with full fine-tuning the only moment),
+            # and outside the run's timers: the cost is charged from the cache entry instead
+            self._ensure_references()
         self.perm = np.zeros(0, dtype=np.int64)
         self.pos = 0
         self._tau: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -487,11 +485,14 @@ class GeRe(BaseStrategy):
         self.cache_key = cache_key(name, samples, self._parts(), fp)
         directory = self.cache_dir() / self.cache_key
         self._check_resumed_key()
-        self.store, n_tok = compute_references(
+        self.store, _ = compute_references(
             self.ctx.model, samples, directory, store_hidden=self.cfg.loss in ("tm", "l1", "l2"),
             top_k=self.cfg.kl_top_k if self.cfg.loss == "kl" else None,
             batch_size=self.cfg.ref_batch_size, device=self.ctx.device)
-        self.ctx.counters.extra_forward_tokens += n_tok
+        # charged to every run that uses the references, whether this one computed them or found them
+        # cached (runs sharing an output directory share the cache): set, not added, so a resume agrees
+        self.ctx.counters.reference_tokens = len(samples) * samples[0].n_tokens
+        self.ctx.counters.time_reference_s = float(self.store.meta.get("time_s", 0.0))
 
     def _check_resumed_key(self) -> None:
         if self._resumed_key is not None and self.cache_key is not None and self._resumed_key != self.cache_key:
