@@ -103,7 +103,7 @@ def _metrics_table(rows: list[dict], title: str) -> Table:
     for r in rows:
         cells = []
         for key, _, d in cols:
-            v, s = r.get(key), r.get(key + "_std")
+            v = r.get(key)
             cells.append("–" if v is None else _num(v, d))
         table.add_row(r["strategy"] + (f" @{budget_str(r['budget'])}" if r.get("budget") is not None else ""), *cells)
     return table
