@@ -609,7 +609,8 @@ def test_ctrl_c_before_a_run_is_one_line(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(forgetless.config, "load_config", interrupted)
     status, err = _cli(capsys, "run", _files(tmp_path)[1], "--output", tmp_path / "o")
-    assert status == 130 and _one_line(err) == "error: interrupted"
+    assert status == 130 and _one_line(err) == "error: interrupted before the run started; nothing was written"
+    assert not (tmp_path / "o").exists()
 
 
 def test_ctrl_c_in_a_parallel_bench_stops_workers_and_names_the_command(tmp_path, capsys, monkeypatch):
