@@ -284,7 +284,10 @@ def load_model(cfg: ModelConfig, device=None):
         model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device)
     if cfg.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and under DDP
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24's name for it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora.enabled:
         model = attach_lora(model, cfg.lora)
     else:
