@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers.cli import run_cli
 from forgetless import bench, experiment, rundir
 from forgetless.config import load_config
 from forgetless.errors import InputError
@@ -49,17 +50,8 @@ def _files(tmp: Path, **over) -> tuple[Path, Path]:
 
 def _cli(capsys, *args) -> tuple[int, str]:
     """``forgetless ARGS`` in this process (fast): exit status and the stderr lines."""
-    from forgetless.cli import main
-
-    old = sys.argv
-    sys.argv = ["forgetless", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as e:
-            main()
-    finally:
-        sys.argv = old
-    err = capsys.readouterr().err
-    return e.value.code, err
+    code, _, err = run_cli(capsys, *args)
+    return code, err
 
 
 def _one_line(err: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers.cli import run_cli
 from forgetless import experiment
 from forgetless.config import load_config
 from forgetless.errors import InputError
@@ -47,17 +48,7 @@ def _files(tmp: Path, extra: str = "", task_name: str = "mine.jsonl") -> Path:
 
 def _cli(capsys, *args) -> tuple[int, str, str]:
     """``forgetless ARGS`` in this process: exit status, stdout, stderr."""
-    from forgetless.cli import main
-
-    old = sys.argv
-    sys.argv = ["forgetless", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as e:
-            main()
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+    return run_cli(capsys, *args)
 
 
 def _one_line(err: str) -> str:
