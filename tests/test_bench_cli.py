@@ -57,9 +57,21 @@ def test_bench_two_strategies_rows_and_skip_finished(tmp_path):
         assert (out / "plots" / name).stat().st_size > 1000
     # re-running skips finished runs: their results.json is not rewritten
     stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")}
-    again = bench.bench(cfg, ["none", "uniform"], [0], out=out, progress=False)
+    page = tmp_path / "docs" / "results-b.md"
+    again = bench.bench(cfg, ["none", "uniform"], [0], out=out, progress=False,
+                        command="forgetless bench b.yaml --publish docs/results-b.md", publish=page)
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")} == stamp
     assert again["rows"][0]["ap"] == payload["rows"][0]["ap"]
+    # when replay happened: the quarters add up to what was replayed
+    q = next(r for r in again["runs"] if r["strategy"] == "uniform")["replay_quarters"]
+    assert sum(q) == uni["counters"]["replay_samples"] and min(q) > 0
+    assert next(r for r in again["runs"] if r["strategy"] == "none")["replay_quarters"] == [0, 0, 0, 0]
+    # the published page: the command at its top, the same tables, its own copy of the plots
+    text = page.read_text()
+    assert text.index("forgetless bench b.yaml --publish docs/results-b.md") < text.index("| strategy |")
+    assert "| strategy | 1st quarter | 2nd | 3rd | 4th | train s/step |" in text
+    assert "](results-b/ap_vs_replay_tokens.png)" in text and "](plots/" not in text
+    assert (tmp_path / "docs" / "results-b" / "accuracy_matrices.png").stat().st_size > 1000
 
 
 def test_budget_sweep_runs_every_budget_and_pairs_seeds(tmp_path):

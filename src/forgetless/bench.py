@@ -80,9 +80,18 @@ def summarize(result: dict) -> dict:
         # GeRe's reference pass counts in every run that uses it (cached or not), so order does not matter
         "extra_forward_tokens": c["extra_forward_tokens"] + c.get("reference_tokens", 0),
         "eval_tokens": c["eval_tokens"],
+        "replay_quarters": _quarters(result),
+        "s_per_step": c["time_train_s"] / c["optimizer_steps"] if c.get("optimizer_steps") else None,
         "wall_s": c["time_train_s"] + c["time_replay_bookkeeping_s"] + c["time_eval_s"]
         + c.get("time_reference_s", 0.0),
     }
+
+
+def _quarters(result: dict) -> list[int]:
+    """Replayed samples in each quarter of a task's steps, summed over the tasks."""
+    from forgetless.report import replay_volume
+
+    return [int(sum(v["samples"][q] for v in replay_volume(result))) for q in range(4)]
 
 
 def _mean_std(values: list) -> tuple[float | None, float | None]:
@@ -227,6 +236,20 @@ def per_task_md(runs: list[dict], strategies: list[str], key: str = "task_end") 
         ends = [r[key] for r in runs if r["strategy"] == s and r.get(key) and r.get("order", 0) == 0]
         if ends:
             out.append(f"| {s} | " + " | ".join(_pm([v[j] for v in ends], 3) for j in range(len(tasks))) + " |")
+    return "\n".join(out)
+
+
+def quarters_md(runs: list[dict], strategies: list[str]) -> str:
+    """When replay happened: mean replayed samples per run in each quarter of a task, and the
+    training seconds per optimizer step (mean over seeds; the runs' own clock)."""
+    out = ["| strategy | 1st quarter | 2nd | 3rd | 4th | train s/step |", "|---|---|---|---|---|---|"]
+    for s in strategies:
+        mine = [r for r in runs if r["strategy"] == s]
+        if not mine:
+            continue
+        qs = [np.mean([r["replay_quarters"][q] for r in mine if r.get("replay_quarters")] or [0]) for q in range(4)]
+        sps = [r["s_per_step"] for r in mine if r.get("s_per_step") is not None]
+        out.append(f"| {s} | " + " | ".join(f"{q:,.0f}" for q in qs) + f" | {_pm(sps, 2)} |")
     return "\n".join(out)
 
 
@@ -391,7 +414,8 @@ def grid_configs(cfg: Config, strategies: list[str], seeds: list[int], orders: i
 
 def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int = 1, out: Path,
           jobs: int = 1, progress: bool = True, on_run: Callable[[int, int, dict], None] | None = None,
-          fresh: bool = False, budgets: list[float] | None = None) -> dict:
+          fresh: bool = False, budgets: list[float] | None = None, command: str | None = None,
+          publish: str | Path | None = None) -> dict:
     """Run the grid (reusing finished runs) and write bench.json, bench.md and plots under ``out``.
 
     A run directory already there is reused only when its config and task data are this grid
@@ -402,6 +426,9 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
     ``budgets`` sweeps ``replay.budget`` (one run per budget x order x strategy x seed); the plot
     then draws one curve per strategy through its budgets, and bench.md adds per-seed paired AP
     differences against uniform and fixed.
+
+    ``command`` (the command line that made it) heads bench.md; ``publish`` also writes bench.md to
+    that path with its plots (``publish_md``).
 
     ``jobs`` > 1 runs that many runs at once in worker processes (each with ``train.cpu_threads``
     threads): the demo uses 2 on a 2-core machine. Wall-clock ratios are then measured under that
@@ -427,7 +454,7 @@ def bench(cfg: Config, strategies: list[str], seeds: list[int], *, orders: int =
             rundir.remove_dirs(sorted(d for d in runs.iterdir() if d.is_dir() and not d.name.startswith("."))
                                if runs.is_dir() else [])
             lock.clear()
-        return _grid(cfg, strategies, seeds, orders, out, jobs, progress, on_run, budgets, grid_cfgs)
+        return _grid(cfg, strategies, seeds, orders, out, jobs, progress, on_run, budgets, grid_cfgs, command, publish)
     finally:
         if created and [p.name for p in out.iterdir()] == [rundir.LOCK]:  # refused: leave nothing behind
             lock.remove()
@@ -518,7 +545,8 @@ def _run_cells(cells: list[dict], runs_dir: str, jobs: int, progress: bool,
 
 
 def _grid(cfg: Config, strategies: list[str], seeds: list[int], orders: int, out: Path, jobs: int, progress: bool,
-          on_run, budgets: list[float] | None, grid_cfgs: list[tuple[int, Config]]) -> dict:
+          on_run, budgets: list[float] | None, grid_cfgs: list[tuple[int, Config]], command: str | None = None,
+          publish: str | Path | None = None) -> dict:
     """Run the checked grid and write its tables and plots (bench() holds the bench's lock)."""
     grid = [(o, c.replay.strategy, c.seed, c.replay.budget if budgets else None) for o, c in grid_cfgs]
     cells = [c.model_dump(mode="json") for _, c in grid_cfgs]
@@ -535,8 +563,10 @@ def _grid(cfg: Config, strategies: list[str], seeds: list[int], orders: int, out
                "wall_s": time.perf_counter() - t_start}
     atomic_write_text(out / "bench.json", json.dumps(payload, indent=1))
     write_plots(out, rows, results)
-    md = [f"# Bench `{out.name}`", "",
-          f"{len(strategies)} strategies × {len(seeds)} seeds × {orders} task order(s) on "
+    md = [f"# Bench `{out.name}`", ""]
+    if command:
+        md += ["Made by (rerun it to regenerate this page; finished runs are reused):", "", "```bash", command, "```", ""]
+    md += [f"{len(strategies)} strategies × {len(seeds)} seeds × {orders} task order(s) on "
           f"{', '.join(results[0]['tasks']) if results else '-'}; model `{cfg.model.name}`; " +
           (f"replay budgets {', '.join(budget_str(b) for b in budgets)}." if budgets else
            f"replay budget {cfg.replay.budget if cfg.replay.budget is not None else 'unlimited'}."),
@@ -554,6 +584,8 @@ def _grid(cfg: Config, strategies: list[str], seeds: list[int], orders: int, out
     if pairs:
         md += ["Paired AP differences (same seed, order and budget; wins: seeds where the strategy is higher):", "",
                pairs, ""]
+    md += ["Replay per quarter of each task (samples, mean per run, summed over tasks; GeRe's general samples "
+           "included) and training seconds per optimizer step:", "", quarters_md(summaries, strategies), ""]
     if not budgets:
         sections = [("Each task's score at the start and after the last task (task order 0):",
                      per_task_md(summaries, strategies)),
@@ -569,7 +601,21 @@ def _grid(cfg: Config, strategies: list[str], seeds: list[int], orders: int, out
     md += ["![AP and forgetting vs replay tokens](plots/ap_vs_replay_tokens.png)", "",
            "![per-task accuracy](plots/task_accuracy.png)", "", "![accuracy matrices](plots/accuracy_matrices.png)", ""]
     atomic_write_text(out / "bench.md", "\n".join(md))
+    if publish is not None:
+        publish_md(out, "\n".join(md), Path(publish))
     return payload
+
+
+def publish_md(out: Path, md: str, dest: Path) -> None:
+    """bench.md as a page of its own (e.g. docs/results-paper.md): the plots copied next to it into
+    ``<dest stem>/`` and the links pointed there, so the page and its figures travel together."""
+    import shutil
+
+    figs = dest.parent / dest.stem
+    figs.mkdir(parents=True, exist_ok=True)
+    for png in sorted((out / "plots").glob("*.png")):
+        shutil.copyfile(png, figs / png.name)
+    atomic_write_text(dest, md.replace("](plots/", f"]({dest.stem}/"))
 
 
 DEMO_NOISE = Path(__file__).parent / "assets" / "demo_noise.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from typing import Optional
 
@@ -197,7 +198,9 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
               jobs: int = typer.Option(1, "--jobs", help="Runs at once; 1 keeps wall-clock ratios clean."),
               fresh: bool = typer.Option(False, "--fresh", help="Delete this bench's earlier runs first "
                                          "(finished runs with the same config are reused otherwise)."),
-              quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP)) -> None:
+              quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+              publish: Optional[str] = typer.Option(None, "--publish", help="Also write bench.md to this page "
+                                                    "(e.g. docs/results-paper.md), its plots in a folder beside it.")) -> None:
     """Compare strategies over seeds (and task orders) at equal replay budget; resumable."""
     from pathlib import Path
 
@@ -229,9 +232,18 @@ def bench_cmd(config: Optional[str] = typer.Argument(None, help="YAML config (de
         if not sweep or any(not (0 < b < float("inf")) for b in sweep) or len(set(sweep)) != len(sweep):
             raise InputError(f"--budgets: expected distinct positive numbers, got {budgets!r}")
     payload = bench.bench(cfg, names, range(seeds), orders=orders, out=out, jobs=jobs, progress=not quiet,
-                          on_run=on_run, budgets=sweep, fresh=fresh)
+                          on_run=on_run, budgets=sweep, fresh=fresh, publish=publish,
+                          command=_command_line("bench"))
     console.print(_metrics_table(payload["rows"], f"bench {out}"))
     console.print(f"table: {out / 'bench.md'}")
+
+
+def _command_line(name: str) -> str | None:
+    """This process's command line as a user would type it (None when not run as `forgetless <name>`,
+    e.g. from a test runner)."""
+    if len(sys.argv) < 2 or sys.argv[1] != name:
+        return None
+    return shlex.join(["forgetless", *sys.argv[1:]])
 
 
 @app.command("budget")
