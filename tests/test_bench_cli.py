@@ -244,3 +244,16 @@ def test_bench_workers_get_their_own_gpu(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "x")
     _take_gpu([None], counter)  # no GPU: the environment is left alone
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "x"
+
+
+def test_calibration_table_means_over_runs_and_counts_probes():
+    cal = lambda r, c, beats, top: {"spearman": {"model": r, "recency": c}, "beats": beats, "paired": 4, "top10": top}
+    runs = [{"strategy": "mssr", "budget": 0.05, "calibration": cal(0.2, 0.1, 3, 0.5)},
+            {"strategy": "mssr", "budget": 0.05, "calibration": cal(0.4, 0.3, 1, 0.7)},
+            {"strategy": "uniform", "budget": 0.05, "calibration": None}]
+    md = bench.calibration_table_md(runs, ["mssr", "uniform"])
+    lines = md.splitlines()
+    assert lines[0] == "| strategy | budget | Spearman model | Spearman recency | model beats recency | top-10% mass | runs |"
+    assert lines[2] == "| mssr | 0.05 | 0.300 ± 0.100 | 0.200 ± 0.100 | 4 / 8 probes | 0.60 ± 0.10 | 2 |"
+    assert len(lines) == 3  # uniform keeps no memory model: no row
+    assert bench.calibration_table_md(runs[2:], ["uniform"]) == ""

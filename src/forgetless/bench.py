@@ -81,6 +81,7 @@ def summarize(result: dict) -> dict:
         "extra_forward_tokens": c["extra_forward_tokens"] + c.get("reference_tokens", 0),
         "eval_tokens": c["eval_tokens"],
         "replay_quarters": _quarters(result),
+        "calibration": _calibration(result),
         "s_per_step": c["time_train_s"] / c["optimizer_steps"] if c.get("optimizer_steps") else None,
         "wall_s": c["time_train_s"] + c["time_replay_bookkeeping_s"] + c["time_eval_s"]
         + c.get("time_reference_s", 0.0),
@@ -92,6 +93,17 @@ def _quarters(result: dict) -> list[int]:
     from forgetless.report import replay_volume
 
     return [int(sum(v["samples"][q] for v in replay_volume(result))) for q in range(4)]
+
+
+def _calibration(result: dict) -> dict | None:
+    """The memory model's calibration figures of an MSSR-like run (report.calibration_md)."""
+    from forgetless.report import _replay_part
+
+    cal, conc = _replay_part(result, "calibration"), _replay_part(result, "concentration")
+    if not (cal and cal.get("probes")):
+        return None
+    return {"spearman": cal["spearman_mean"], "beats": cal["model_beats_recency"], "paired": cal["paired_probes"],
+            "top10": float(np.mean([e["top10_mass"] for e in conc])) if conc else None}
 
 
 def _mean_std(values: list) -> tuple[float | None, float | None]:
@@ -251,6 +263,27 @@ def quarters_md(runs: list[dict], strategies: list[str]) -> str:
         sps = [r["s_per_step"] for r in mine if r.get("s_per_step") is not None]
         out.append(f"| {s} | " + " | ".join(f"{q:,.0f}" for q in qs) + f" | {_pm(sps, 2)} |")
     return "\n".join(out)
+
+
+def calibration_table_md(runs: list[dict], strategies: list[str]) -> str:
+    """Does the memory model predict forgetting? Per strategy (and budget): Spearman correlation of
+    each predictor with the measured loss increase, mean ± std over runs; probes where the model
+    ranks better than recency; the sampler's mass on its top 10% of rows mid-task."""
+    cells = [(s, b) for s in strategies for b in dict.fromkeys(r.get("budget") for r in runs)]
+    lines = []
+    for s, b in cells:
+        mine = [r["calibration"] for r in runs if r["strategy"] == s and r.get("budget") == b and r.get("calibration")]
+        if not mine:
+            continue
+        preds = list(mine[0]["spearman"])
+        if not lines:
+            lines = ["| strategy | budget | " + " | ".join(f"Spearman {p}" for p in preds)
+                     + " | model beats recency | top-10% mass | runs |", "|---" * (len(preds) + 5) + "|"]
+        sp = " | ".join(_pm([m["spearman"].get(p) for m in mine if m["spearman"].get(p) is not None], 3) for p in preds)
+        beats = f"{sum(m['beats'] for m in mine)} / {sum(m['paired'] for m in mine)} probes"
+        top = _pm([m["top10"] for m in mine if m["top10"] is not None], 2)
+        lines.append(f"| {s} | {budget_str(b) if b is not None else '–'} | {sp} | {beats} | {top} | {len(mine)} |")
+    return "\n".join(lines)
 
 
 def table_md(rows: list[dict]) -> str:
@@ -584,6 +617,10 @@ def _grid(cfg: Config, strategies: list[str], seeds: list[int], orders: int, out
     if pairs:
         md += ["Paired AP differences (same seed, order and budget; wins: seeds where the strategy is higher):", "",
                pairs, ""]
+    cal = calibration_table_md(summaries, strategies)
+    if cal:
+        md += ["Memory-model calibration (replay/calibration.py; docs/mssr.md): rank correlation between each "
+               "predictor of forgetting and the measured loss increase of probed memory rows:", "", cal, ""]
     md += ["Replay per quarter of each task (samples, mean per run, summed over tasks; GeRe's general samples "
            "included) and training seconds per optimizer step:", "", quarters_md(summaries, strategies), ""]
     if not budgets:
