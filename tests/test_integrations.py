@@ -157,6 +157,32 @@ def test_plain_train_on_a_tokenized_dataset_is_a_one_task_stream(tmp_path):
     assert tr.results()["acc"] == [] and len(tr.replay_events) == 3
 
 
+@pytest.mark.parametrize("metric", ["f1", "rouge_l"])
+def test_a_task_is_scored_by_its_own_metric(tmp_path, metric):
+    """A Task handed to the trainer keeps its metric: an answer sharing one word of two scores strictly
+    between 0 and 1, as forgetless.evaluate scores it, where exact match would give 0."""
+    from forgetless.data import load_task
+    from forgetless.data.task import Example, Task
+    from forgetless.evaluate import evaluate_task
+
+    cfg = _cfg(**{"eval.max_new_tokens": 4})
+    tr = _trainer(cfg, tmp_path)
+    prompts = [e.prompt for e in load_task("first_word").test[:4]]
+    probe = Task("probe", "generation", [], [Example(p, "x") for p in prompts])
+    preds = evaluate_task(tr.model, tr.processing_class, probe, max_new_tokens=4).predictions
+    # the untrained model's own first word plus one it never says: a partial overlap
+    examples = [Example(p, f"{pred.split()[0]} zzyzx") for p, pred in zip(prompts, preds)]
+    task = Task("partial", "generation", examples, examples, metric=metric)
+    tr.set_stream([task])
+    assert tr._stream.tasks[0].metric == metric
+    # an eval Task given beside the training task brings its metric too
+    tr.set_stream([Task("partial", "generation", examples, [])], eval_tasks=[task])
+    assert tr._stream.tasks[0].metric == metric
+    (score,) = tr._evaluate_row()
+    assert 0 < score < 1
+    assert score == pytest.approx(evaluate_task(tr.model, tr.processing_class, task, max_new_tokens=4).score)
+
+
 def test_replay_forgets_less_than_none(tmp_path):
     """Full fine-tuning (LoRA learns too slowly on the tiny model), unicode_letter then first_word:
     30 steps learn the first task, the second one wipes it out without replay."""
