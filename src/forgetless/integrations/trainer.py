@@ -302,7 +302,9 @@ class ReplayMixin:
         batches = []
         for i, (chunk, _) in enumerate(task):
             parts = [chunk] + ([general[i][0]] if i < len(general) else [])
-            if self.is_deepspeed_enabled and len(parts) > 1:  # one backward per micro-batch under DeepSpeed
+            # one forward and backward per micro-batch under DeepSpeed and FSDP: their forwards are
+            # collectives, and processes may hold different numbers of general samples
+            if (self.is_deepspeed_enabled or self.is_fsdp_enabled) and len(parts) > 1:
                 parts = [parts[0] + parts[1]]
             b = [{**collate(c, pad), "fl_general": n_general, "fl_total": total} for c in parts]
             batches.append({**b[0], "fl_more": b[1:]})
