@@ -3,15 +3,16 @@
     python benchmarks/gpu_check.py                 # Qwen2.5-1.5B shape, one GPU (about 4 minutes on an H200)
     python benchmarks/gpu_check.py --size 7b       # Qwen2.5-7B shape
     python benchmarks/gpu_check.py --tiny          # a tiny Qwen2 shape on CPU, seconds (the test runs it)
-    python benchmarks/gpu_check.py --size smollm2  # SmolLM2-135M shape (the CPU comparison)
+    python benchmarks/gpu_check.py --size smollm2 --cpu  # SmolLM2-135M shape on the CPU (the CPU comparison)
 
 A randomly initialised model of the named shape (no download: only the shape matters for speed), LoRA
 (r 16 on every linear layer), bf16 on a GPU (weights and autocast), a three-task stream of synthetic
 sentences (two generation tasks and one multiple-choice task, files written to a temporary folder).
-Three trainings on the same new-task batches, side by side:
+Four trainings on the same new-task batches, side by side:
   - `forgetless run` with strategy none (experiment.Run, the loop `forgetless run` uses),
   - the same with mssr (its replay adds tokens; tokens/s counts them),
-  - a bare loop: the same PEFT model, AdamW, HF's own loss, autocast, clipping, nothing else.
+  - a bare loop: the same PEFT model, AdamW, HF's own loss, autocast, clipping, nothing else,
+  - transformers.Trainer on the same PEFT model and batches (constant lr, no logging, saving or evaluation).
 Printed per training: tokens/s over the whole training, seconds per step, peak GPU memory; for the runs
 also the replay bookkeeping share of the step time and the share of the run's wall-clock spent
 evaluating; then evaluation examples/s for multiple choice and for generation on the trained model.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import tempfile
 import time
 from contextlib import nullcontext
@@ -129,39 +131,90 @@ def forgetless_run(args, tasks, strategy: str, out: Path, device, dtype) -> tupl
             "eval_share": c["time_eval_s"] / wall}, run
 
 
+def same_batches(args, cfg, stream) -> list:
+    """Each step's new-task samples, drawn as the `none` run draws them (its BatchSampler, its RNG)."""
+    from forgetless.replay.base import BaseStrategy
+    from forgetless.train import LOOP_RNG_TAG, BatchSampler, compose_step
+
+    rng = np.random.default_rng([cfg.seed, LOOP_RNG_TAG])
+    steps, step = [], 0
+    for samples in stream.samples:
+        sampler = BatchSampler(len(samples), cfg.train.batch_size, rng)
+        for _ in range(args.steps):
+            step += 1
+            steps.append(compose_step(samples, sampler, BaseStrategy(None), step, cfg.train.batch_size, rng)[2])
+    return steps
+
+
 def bare_loop(args, cfg, stream, tokenizer, device, dtype) -> dict:
     """The same new-task batches as the `none` run (same draws), through a plain PEFT training loop."""
     from forgetless import model as fmodel
-    from forgetless.replay.base import BaseStrategy
-    from forgetless.train import LOOP_RNG_TAG, BatchSampler, collate, compose_step
+    from forgetless.train import collate
 
     reset_peak(device)
     model = fmodel.attach_lora(random_model(args.size, tokenizer, device, dtype), cfg.model.lora)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr)
-    rng = np.random.default_rng([cfg.seed, LOOP_RNG_TAG])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     pad, tokens, step, elapsed = tokenizer.pad_token_id, 0, 0, 0.0
-    for samples in stream.samples:
-        sampler = BatchSampler(len(samples), cfg.train.batch_size, rng)
-        opt.state.clear()
-        for _ in range(args.steps):
-            step += 1
-            _, _, merged = compose_step(samples, sampler, BaseStrategy(None), step, cfg.train.batch_size, rng)
-            tokens += sum(s.n_tokens for s in merged)
-            t0 = time.perf_counter()
-            batch = {k: v.to(device) for k, v in collate(merged, pad).items() if k != "sample_ids"}
-            with autocast:
-                loss = model(**batch, use_cache=False).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            float(loss.detach())  # wait for the step, as the run waits for its per-sample losses
-            elapsed += time.perf_counter() - t0
+    for merged in same_batches(args, cfg, stream):
+        if step % args.steps == 0:
+            opt.state.clear()  # a task starts
+        step += 1
+        tokens += sum(s.n_tokens for s in merged)
+        t0 = time.perf_counter()
+        batch = {k: v.to(device) for k, v in collate(merged, pad).items() if k != "sample_ids"}
+        with autocast:
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        float(loss.detach())  # wait for the step, as the run waits for its per-sample losses
+        elapsed += time.perf_counter() - t0
     return {"training": "bare PEFT loop", "tokens": tokens, "tokens_per_s": tokens / elapsed,
             "s_per_step": elapsed / step, "peak_gb": peak_gb(device)}
+
+
+def bare_trainer(args, cfg, stream, tokenizer, device, dtype, out: Path) -> dict:
+    """The same new-task batches through transformers.Trainer + PEFT: the Trainer's loop, the model's own
+    loss, AdamW at a constant lr, clipping, bf16 autocast on a GPU; no logging, saving or evaluation.
+    Timed from each step's start to its end (Trainer callbacks), as the runs time their steps."""
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    from forgetless import model as fmodel
+    from forgetless.train import collate
+
+    reset_peak(device)
+    model = fmodel.attach_lora(random_model(args.size, tokenizer, device, dtype), cfg.model.lora)
+    steps = same_batches(args, cfg, stream)
+    pad = tokenizer.pad_token_id
+    batches = [{k: v for k, v in collate(m, pad).items() if k != "sample_ids"} for m in steps]
+
+    class Timer(TrainerCallback):
+        elapsed, t0 = 0.0, 0.0
+
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # the Trainer does not wait for the step; the bare loop does
+            Timer.elapsed += time.perf_counter() - self.t0
+
+    targs = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=1, max_steps=len(batches), learning_rate=cfg.train.lr,
+        lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0, max_grad_norm=cfg.train.max_grad_norm,
+        report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True, remove_unused_columns=False,
+        use_cpu=device.type == "cpu", bf16=device.type == "cuda", seed=cfg.seed, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=targs, train_dataset=batches, data_collator=lambda rows: rows[0],
+                      callbacks=[Timer()])
+    trainer.remove_callback(PrinterCallback)  # its end-of-training summary is not this table's
+    trainer.train()
+    tokens = sum(sum(s.n_tokens for s in m) for m in steps)
+    return {"training": "bare Trainer + PEFT", "tokens": tokens, "tokens_per_s": tokens / Timer.elapsed,
+            "s_per_step": Timer.elapsed / len(batches), "peak_gb": peak_gb(device)}
 
 
 def eval_speed(run, device) -> dict:
@@ -191,8 +244,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-eval", type=int, default=128, help="test examples per task")
     ap.add_argument("--eval-batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
+    ap.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is visible")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
+    if args.cpu:  # before anything asks torch about CUDA: the runs' Accelerator must not see a GPU either
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     if args.tiny:
         args.size, args.steps, args.batch, args.n_eval, args.eval_batch = "tiny", 3, 4, 8, 8
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -212,6 +268,8 @@ def main(argv=None) -> dict:
             rows.append(forgetless_run(args, tasks, strategy, Path(tmp) / "runs", device, dtype)[0])
         gc.collect()
         rows.append(bare_loop(args, *kept, device, dtype))
+        gc.collect()
+        rows.append(bare_trainer(args, *kept, device, dtype, Path(tmp) / "trainer"))
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
     print(f"{args.size} shape, random weights, LoRA r16, {device_name}, {args.steps} steps x 3 tasks, "
           f"batch {args.batch}")
@@ -222,10 +280,13 @@ def main(argv=None) -> dict:
         ev = f"{100 * r['eval_share']:.0f}%" if "eval_share" in r else "-"
         print(f"{r['training']:<24}{r['tokens_per_s']:>10.0f}{r['s_per_step']:>9.3f}{pk:>9}{bk:>13}{ev:>12}")
     ratio = rows[2]["tokens_per_s"] / rows[0]["tokens_per_s"]
-    print(f"step time of forgetless run none / bare loop: {ratio:.2f}x (goal <= 1.05)")
+    vs_trainer = rows[3]["tokens_per_s"] / rows[0]["tokens_per_s"]
+    print(f"step time of forgetless run none / bare loop: {ratio:.2f}x, / bare Trainer: {vs_trainer:.2f}x "
+          "(goal <= 1.05)")
     print("evaluation examples/s: " + ", ".join(f"{k} {v:.1f}" for k, v in evals.items()))
     result = {"size": args.size, "device": device_name, "steps": args.steps, "batch": args.batch, "rows": rows,
-              "eval_examples_per_s": evals, "step_time_ratio_none_vs_bare": ratio}
+              "eval_examples_per_s": evals, "step_time_ratio_none_vs_bare": ratio,
+              "step_time_ratio_none_vs_trainer": vs_trainer}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return result

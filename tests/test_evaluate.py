@@ -83,8 +83,8 @@ def test_generation_fixed_answer_exact_accuracy(tokenizer):
     assert [normalize_answer(p) for p in r.predictions] == ["the return value"] * 4
     prompt_tokens = sum(len(ids(tokenizer, ex.prompt)) for ex in task.test)
     assert r.tokens == prompt_tokens + 4 * (len(ans) + 1)  # answer + EOS per example
-    # eval + inference mode inside, training mode restored afterwards
-    assert all(not training and inf for _, training, inf in model.calls) and model.training
+    # eval mode without autograd inside, training mode restored afterwards
+    assert all(not training and no_grad for _, training, no_grad in model.calls) and model.training
 
 
 def test_generation_max_new_tokens_default_and_explicit(tokenizer):

@@ -426,7 +426,7 @@ def test_bundled_general_corpus_builds_samples():
 
 
 def test_align_right_and_left_padding():
-    from forgetless.replay.gere import _align
+    from forgetless.replay.gere.strategy import _align
 
     t = torch.arange(2 * 6 * 3).reshape(2, 6, 3)
     rows = torch.tensor([1, 0])

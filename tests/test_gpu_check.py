@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py --tiny: the GPU check's whole path (two runs, the bare loop, evaluation) on CPU."""
+"""benchmarks/gpu_check.py --tiny: the GPU check's whole path (two runs, the bare loop, the bare Trainer,
+evaluation) on CPU."""
 
 import json
 import os
@@ -17,10 +18,12 @@ def test_gpu_check_tiny_runs_and_reports(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads(out.read_text())
     rows = {row["training"]: row for row in r["rows"]}
-    assert set(rows) == {"forgetless run none", "forgetless run mssr", "bare PEFT loop"}
-    # the bare loop trains on exactly the new-task batches of the `none` run; mssr adds replay tokens
-    assert rows["bare PEFT loop"]["tokens"] == rows["forgetless run none"]["tokens"]
+    assert set(rows) == {"forgetless run none", "forgetless run mssr", "bare PEFT loop", "bare Trainer + PEFT"}
+    # the bare loop and the Trainer train on exactly the new-task batches of the `none` run; mssr adds replay
+    assert rows["bare PEFT loop"]["tokens"] == rows["bare Trainer + PEFT"]["tokens"] == \
+        rows["forgetless run none"]["tokens"]
     assert rows["forgetless run mssr"]["tokens"] > rows["forgetless run none"]["tokens"]
     assert set(r["eval_examples_per_s"]) == {"generation", "multiple_choice"}
     assert all(row["tokens_per_s"] > 0 for row in rows.values())
-    assert "bare PEFT loop" in p.stdout and "evaluation examples/s" in p.stdout
+    assert "bare Trainer + PEFT" in p.stdout and "evaluation examples/s" in p.stdout
+    assert r["step_time_ratio_none_vs_trainer"] > 0

@@ -157,6 +157,32 @@ def test_plain_train_on_a_tokenized_dataset_is_a_one_task_stream(tmp_path):
     assert tr.results()["acc"] == [] and len(tr.replay_events) == 3
 
 
+@pytest.mark.parametrize("metric", ["f1", "rouge_l"])
+def test_a_task_is_scored_by_its_own_metric(tmp_path, metric):
+    """A Task handed to the trainer keeps its metric: an answer sharing one word of two scores strictly
+    between 0 and 1, as forgetless.evaluate scores it, where exact match would give 0."""
+    from forgetless.data import load_task
+    from forgetless.data.task import Example, Task
+    from forgetless.evaluate import evaluate_task
+
+    cfg = _cfg(**{"eval.max_new_tokens": 4})
+    tr = _trainer(cfg, tmp_path)
+    prompts = [e.prompt for e in load_task("first_word").test[:4]]
+    probe = Task("probe", "generation", [], [Example(p, "x") for p in prompts])
+    preds = evaluate_task(tr.model, tr.processing_class, probe, max_new_tokens=4).predictions
+    # the untrained model's own first word plus one it never says: a partial overlap
+    examples = [Example(p, f"{pred.split()[0]} zzyzx") for p, pred in zip(prompts, preds)]
+    task = Task("partial", "generation", examples, examples, metric=metric)
+    tr.set_stream([task])
+    assert tr._stream.tasks[0].metric == metric
+    # an eval Task given beside the training task brings its metric too
+    tr.set_stream([Task("partial", "generation", examples, [])], eval_tasks=[task])
+    assert tr._stream.tasks[0].metric == metric
+    (score,) = tr._evaluate_row()
+    assert 0 < score < 1
+    assert score == pytest.approx(evaluate_task(tr.model, tr.processing_class, task, max_new_tokens=4).score)
+
+
 def test_replay_forgets_less_than_none(tmp_path):
     """Full fine-tuning (LoRA learns too slowly on the tiny model), unicode_letter then first_word:
     30 steps learn the first task, the second one wipes it out without replay."""
@@ -295,29 +321,40 @@ sys.path.insert(0, {tests!r})
 from forgetless.experiment import to_jsonable
 from test_integrations import _cfg, _record, _trainer
 
-cfg = _cfg()
-tr = _trainer(cfg, {out!r}, accum=1, per_device_train_batch_size=cfg.train.batch_size // 2)
+cfg = _cfg(**{over})
+tr = _trainer(cfg, {out!r}, accum=1, per_device_train_batch_size=cfg.train.batch_size // 2, **{kw})
+{setup}
 obs = _record(tr.strategy)
 res = tr.train_stream(cfg.data.tasks)
 rank = tr.accelerator.process_index
 with open({out!r} + f"/rank{{rank}}.json", "w") as f:
     json.dump({{"state": to_jsonable(tr.strategy.state_dict()), "acc": res["acc"], "n": res["n_processes"],
-               "events": res["replay_events"], "obs": [(s, ids, l.tolist()) for s, ids, l in obs]}}, f)
+               "events": res["replay_events"], "obs": [(s, ids, l.tolist()) for s, ids, l in obs],
+               "wrapped": type(tr.model_wrapped).__name__}}, f)
+"""
+
+# Accelerate turns an FSDP plugin into DistributedType.FSDP only for GPU-like devices
+# (AcceleratorState.__init__, accelerate/state.py); on CPU it silently trains with DDP. This sets the
+# state as a GPU launch with TrainingArguments(fsdp=True) would, so the Trainer takes its FSDP2 path.
+FSDP2_ON_CPU = """
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+st = tr.accelerator.state
+assert st.distributed_type == DistributedType.MULTI_CPU and getattr(st, "fsdp_plugin", None) is None
+st.distributed_type = DistributedType.FSDP
+st.fsdp_plugin = FullyShardedDataParallelPlugin(**tr.args.fsdp_plugin_args)
+tr.is_fsdp_enabled = True
 """
 
 
-def test_two_processes_make_the_same_decisions_as_one(tmp_path):
+def _two_processes(tmp_path, over: dict | None = None, kw: str = "{}", setup: str = "") -> list[dict]:
+    """The MP script under torchrun with 2 CPU processes (gloo); each rank's dump."""
     import socket
-
-    cfg = _cfg()
-    one = _trainer(cfg, tmp_path / "one")
-    one_obs = _record(one.strategy)
-    single = one.train_stream(cfg.data.tasks)
 
     out = tmp_path / "mp"
     out.mkdir()
     script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent(MP.format(tests=str(Path(__file__).parent), out=str(out))))
+    script.write_text(textwrap.dedent(MP.format(tests=str(Path(__file__).parent), out=str(out), kw=kw,
+                                                setup=setup, over=repr(over or {}))))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -327,9 +364,39 @@ def test_two_processes_make_the_same_decisions_as_one(tmp_path):
                        env={"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
                             "PYTHONWARNINGS": "ignore"})
     assert p.returncode == 0, p.stderr[-3000:]
-    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def _same_as_one_process(r0, r1, single, one_obs) -> None:
     assert r0["n"] == 2 and r0["state"] == r1["state"] and r0["obs"] == r1["obs"]  # every process observes all
     assert r0["events"] == single["replay_events"] and r0["acc"] == single["acc"]
     assert [(s, ids) for s, ids, _ in r0["obs"]] == [(s, ids) for s, ids, _ in one_obs]
     for (_, _, a), (_, _, b) in zip(r0["obs"], one_obs):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _one_process(out, **over):
+    cfg = _cfg(**over)
+    one = _trainer(cfg, out)
+    one_obs = _record(one.strategy)
+    return one.train_stream(cfg.data.tasks), one_obs
+
+
+def test_two_processes_make_the_same_decisions_as_one(tmp_path):
+    r0, r1 = _two_processes(tmp_path)
+    assert r0["wrapped"] == "DistributedDataParallel"
+    _same_as_one_process(r0, r1, *_one_process(tmp_path / "one"))
+
+
+def test_fsdp2_on_two_cpu_processes_makes_the_same_decisions_as_one(tmp_path):
+    """ReplayTrainer on the Trainer's FSDP2 path (LoRA, tiny model, 2 tasks, GeRe + MSSR): the model is
+    sharded with fully_shard, general samples join every step, an odd eval set is scored between tasks,
+    and decisions, losses and scores equal one process's."""
+    # GeRe's l2 loss: TM's normaliser (its violating elements in the chunk) depends on how the general rows
+    # are split over processes, so TM's gradient is not that of one process (test_gere tests l2 and kl)
+    over = {"replay.strategy": "gere+mssr", "replay.gere.loss": "l2", "data.n_test": 11}
+    r0, r1 = _two_processes(tmp_path, over, kw='{"fsdp": True, "fsdp_config": {"version": 2}}', setup=FSDP2_ON_CPU)
+    assert r0["wrapped"].startswith("FSDP")  # fully_shard's class swap (FSDPPeftModelForCausalLM)
+    single, one_obs = _one_process(tmp_path / "one", **over)
+    assert any(i < 0 for _, ids, _ in one_obs for i in ids)  # general samples were merged
+    _same_as_one_process(r0, r1, single, one_obs)

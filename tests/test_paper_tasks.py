@@ -162,7 +162,7 @@ def test_perplexity_text_is_lambada_for_real_models_and_never_geres_source(wheel
     assert source == "lambada" and len(texts) == 4
     assert all(t.startswith("She opened the door of room ") and t.endswith(" saw the garden") for t in texts)
     assert perplexity_texts("auto", "smollm2-135m", 100)[1][:4] == texts  # a cap keeps a fixed prefix
-    geres_default = set(general_texts("train"))  # replay/gere.py: GeRe's source when none is given
+    geres_default = set(general_texts("train"))  # replay/gere/strategy.py: GeRe's source when none is given
     assert not geres_default & set(perplexity_texts("lambada", "x", 100)[1])
     assert not geres_default & set(perplexity_texts("tiny", "x", 10_000)[1])  # held-out split: other documents
     assert perplexity_texts("auto", "tiny", 3) == ("tiny", general_texts("heldout")[:3])

@@ -296,8 +296,8 @@ def test_sigint_says_where_to_continue(tmp_path, capsys, monkeypatch):
     _, cfg = _files(tmp_path)
     save = experiment.Run._save_stage
 
-    def save_then_interrupt(self, k, row, ppl):
-        save(self, k, row, ppl)
+    def save_then_interrupt(self, k, scores):
+        save(self, k, scores)
         if k == 1:
             raise KeyboardInterrupt
 
@@ -458,7 +458,7 @@ def test_other_stage_damage_is_named(finished, tmp_path, capsys, damage):
     r = experiment.Run(load_config(run_dir / "config.yaml"), run_dir, resume=True, progress=False)
     r._setup()
     try:
-        assert r._last_stage() == 1
+        assert r.stages.last_intact() == 1
     finally:
         r.lock.release()
     assert named in capsys.readouterr().err and not st.exists()

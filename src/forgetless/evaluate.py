@@ -75,7 +75,9 @@ def _default_max_length(model) -> int | None:
 
 
 class _eval_mode:
-    """model.eval() + inference_mode for the block; training mode restored afterwards."""
+    """model.eval() + no_grad for the block; training mode restored afterwards. Not inference_mode:
+    under FSDP2 the parameters gathered in an evaluation forward would be inference tensors, and the
+    next training forward's all-gather, which copies into them, fails."""
 
     def __init__(self, model):
         self.model = model
@@ -83,7 +85,7 @@ class _eval_mode:
     def __enter__(self):
         self.was_training = self.model.training
         self.model.eval()
-        self.inf = torch.inference_mode()
+        self.inf = torch.no_grad()
         self.inf.__enter__()
 
     def __exit__(self, *exc):
@@ -196,9 +198,14 @@ def evaluate_sharded(accelerator, model, tokenizer, task: Task, examples: Sequen
                      device=None, chat: bool = False) -> tuple[float, int]:
     """``evaluate_task`` with the evaluation settings of ``cfg`` (a forgetless Config), each process
     scoring its slice of ``examples``: ``(mean score, tokens over all processes)``, the same on every
-    process. ``forgetless run`` and the Trainer integration both evaluate through this."""
+    process. ``forgetless run`` and the Trainer integration both evaluate through this.
+
+    Under FSDP every forward gathers parameters, a collective all processes must join, so slices
+    of different sizes (or generations of different lengths) would hang: there each process
+    scores every example, the same forwards everywhere, and ``tokens`` counts one process's."""
     acc = accelerator
-    shard = list(examples)[acc.process_index :: acc.num_processes]
+    sliced = str(getattr(acc.distributed_type, "value", acc.distributed_type)) != "FSDP"
+    shard = list(examples)[acc.process_index :: acc.num_processes] if sliced else list(examples)
     correct, n, tokens = 0.0, 0, 0
     if shard:
         r = evaluate_task(model, tokenizer, task, shard, batch_size=cfg.eval.batch_size,
@@ -206,7 +213,8 @@ def evaluate_sharded(accelerator, model, tokenizer, task: Task, examples: Sequen
                           template=cfg.data.prompt_template, max_length=cfg.data.max_length,
                           device=device if device is not None else acc.device, chat=chat)
         correct, n, tokens = r.accuracy * r.n, r.n, r.tokens
-    correct, n, tokens = sum_over_processes(acc, correct, n, tokens)
+    if sliced:
+        correct, n, tokens = sum_over_processes(acc, correct, n, tokens)
     return (correct / n if n else 0.0), int(tokens)
 
 
@@ -226,6 +234,14 @@ _GREEDY = dict(do_sample=False, num_beams=1, temperature=1.0, top_k=50, top_p=1.
                no_repeat_ngram_size=0, min_new_tokens=0)
 
 
+def _fsdp_sharded(model) -> bool:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules())
+
+
 def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: int | Sequence[int],
                     pad_id: int, device) -> tuple[list[list[int]], int]:
     """Greedy continuations of a batch of token-id prompts by ``model.generate``, each cut before
@@ -239,7 +255,11 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, stop_i
         raise ValueError("greedy_generate needs at least one stop token")
     ids, mask = _left_padded(prompts, pad_id, device)
     cfg = GenerationConfig(**_GREEDY, max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=pad_id)
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)[:, ids.shape[1]:]
+    # under FSDP a process that is done keeps joining the others' forwards (transformers detects only
+    # its own FSDP wrapping, not Accelerate's); None leaves the choice to transformers
+    synced = True if _fsdp_sharded(model) else None
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg,
+                         synced_gpus=synced)[:, ids.shape[1]:]
     gens, tokens = [], sum(len(p) for p in prompts)
     for row in out.tolist():
         cut = next((i for i, t in enumerate(row) if t in stop), None)

@@ -2,9 +2,10 @@
 
 Run directory (DESIGN.md): config.yaml, log.jsonl, stages/<k>/ (k=0 is the start, k=t+1 is after
 task t: trainable weights, strategy state, loop state, the accuracy row), results.json,
-accuracy_matrix.csv, report.md, plots/. A stage directory appears only once complete (written under
-a temporary name, then renamed) and is never rewritten, so a killed run resumes from its last
-finished stage and ends with the same results as an uninterrupted one.
+accuracy_matrix.csv, report.md, plots/. A stage directory appears only once complete and is never
+rewritten (stages.py), so a killed run resumes from its last finished stage and ends with the same
+results as an uninterrupted one. What a stage measures is stage_eval.py; this module sets a run up
+and drives it: stream, model, strategy, the task loop (train.py), stages, results.
 
 A run never lies and never gets stuck (rundir.py): it records fingerprints of its config and task
 data that ``--resume`` and the bench's reuse compare; one writer holds the directory's lock; each
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -31,9 +31,10 @@ from forgetless import __version__
 from forgetless.config import Config, dump_config
 from forgetless.errors import InputError, Interrupted
 from forgetless.replay.base import StrategyContext, WorkCounters
-from forgetless.rundir import (FINGERPRINTS, MANIFEST, RunLock, check_same_run, check_writable, fingerprints,
-                               load_results, sha256_file, verify_stage)
-from forgetless.state import atomic_write_text, load_state, save_state
+from forgetless.rundir import FINGERPRINTS, RunLock, check_same_run, check_writable, fingerprints, load_results
+from forgetless.stage_eval import StageEvaluator, StageScores
+from forgetless.stages import StageStore
+from forgetless.state import atomic_write_text
 
 
 def run_dir_for(cfg: Config, output_dir: str | Path | None = None) -> Path:
@@ -180,12 +181,14 @@ class Run:
         self.general_source, self.general = perplexity_texts(cfg.data.general_source, cfg.model.name,
                                                              cfg.data.general_texts)
         self.probe = knowledge_probe(cfg.data.general_probe) if cfg.data.general_probe else None
-        self.probe_acc: list[float | None] = []  # per stage
         self.counters = WorkCounters()
+        self.evaluator = StageEvaluator(cfg, self.accelerator, model, self.tokenizer, self.stream, self.chat,
+                                        self.counters, self.general, self.probe)
+        self.stages = StageStore(self.run_dir, self.accelerator)
         self.ctx = StrategyContext(
             config=cfg, stream=self.stream, seed=cfg.seed, counters=self.counters, model=model,
             tokenizer=self.tokenizer, device=self.accelerator.device, run_dir=self.run_dir,
-            evaluate=self._probe_accuracy, sample_losses=self._sample_losses,
+            evaluate=self.evaluator.probe_accuracy, sample_losses=self.evaluator.sample_losses,
             steps_per_task=self.steps, batch_size=cfg.train.batch_size,
         )
         self.strategy = build_strategy(self.ctx)
@@ -193,165 +196,49 @@ class Run:
         self._write_config()
         self.tracking = Tracking(self.accelerator, cfg, self.run_dir)  # after the config: nothing on bad input
         self.rng = np.random.default_rng([cfg.seed, LOOP_RNG_TAG])
-        self.acc_rows: list[list[float]] = []
-        self.ppl: list[float | None] = []
-        self.harness: list[dict[str, float] | None] = []  # lm-eval scores per stage (None: not run)
+        self.baseline: list[float] | None = None  # stage 0's scores
+        self.acc_rows: list[list[float]] = []  # after each task
+        self.ppl: list[float | None] = []  # per stage, as the three below
+        self.harness: list[dict[str, float] | None] = []  # lm-eval scores (None: not run)
+        self.probe_acc: list[float | None] = []
         self.replay_events: list[dict] = []
         self.global_step = 0
 
-    # ---- evaluation (sharded over processes, summed, so every process gets the same numbers) ----
-    def _eval_examples(self, task_index: int, examples, task=None) -> float:
-        from forgetless.evaluate import evaluate_sharded
-
-        task = task if task is not None else self.stream.tasks[task_index]
-        with self.accelerator.autocast():  # evaluated at the precision it is trained at
-            score, tokens = evaluate_sharded(self.accelerator, self.base_model, self.tokenizer, task,
-                                             examples, self.cfg, chat=self.chat)
-        self.counters.eval_tokens += tokens
-        return score
-
-    def _probe_accuracy(self, task_index: int, examples) -> float:
-        t0 = time.perf_counter()
-        a = self._eval_examples(task_index, list(examples))  # evaluate_task restores train mode
-        self.counters.time_eval_s += time.perf_counter() - t0
-        return a
-
-    @torch.no_grad()
-    def _sample_losses(self, samples) -> np.ndarray:
-        from forgetless.losses import sample_means, token_losses
-        from forgetless.train import collate
-
-        m = self.base_model
-        was_training = m.training
-        m.eval()
-        batch = {k: v.to(self.accelerator.device) for k, v in collate(samples, self.tokenizer.pad_token_id).items()}
-        with self.accelerator.autocast():
-            out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        tl, mask = token_losses(out.logits, batch["labels"])
-        self.counters.extra_forward_tokens += int(batch["attention_mask"].sum())
-        m.train(was_training)
-        return sample_means(tl, mask).float().cpu().numpy()
-
-    def _general_tasks(self, k: int) -> dict[str, float] | None:
-        """lm-evaluation-harness scores at stage k when configured for it (every process runs it)."""
-        from forgetless.harness import run_general_tasks
-
-        e = self.cfg.eval
-        stages = e.general_stages if e.general_stages is not None else [0, len(self.stream)]
-        if not e.general_tasks or k not in stages:
-            return None
-        t0 = time.perf_counter()
-        out = run_general_tasks(self.base_model, self.tokenizer, e.general_tasks, task_dir=e.general_task_dir,
-                                limit=e.general_limit, batch_size=e.batch_size, device=self.accelerator.device)
-        self.counters.time_eval_s += time.perf_counter() - t0
-        return out
-
-    def _evaluate_stage(self) -> tuple[list[float], float | None]:
-        from forgetless.evaluate import general_perplexity, sum_over_processes
-
-        t0 = time.perf_counter()
-        row = [self._eval_examples(j, t.test) for j, t in enumerate(self.stream.tasks)]
-        ppl = None
-        if self.general:
-            acc = self.accelerator
-            shard = self.general[acc.process_index :: acc.num_processes]
-            nll, tokens = 0.0, 0
-            if shard:
-                with acc.autocast():
-                    p, tokens = general_perplexity(self.base_model, self.tokenizer, shard,
-                                                   device=acc.device, batch_size=self.cfg.eval.batch_size)
-                nll = float(np.log(p)) * tokens
-            nll, tokens = sum_over_processes(acc, nll, tokens)
-            self.counters.eval_tokens += int(tokens)
-            ppl = float(np.exp(nll / max(tokens, 1)))
-        self.probe_acc.append(self._eval_examples(-1, self.probe.test, self.probe) if self.probe else None)
-        self.counters.time_eval_s += time.perf_counter() - t0
-        return row, ppl
-
-    # ---- stages ----------------------------------------------------------------------------
-    def _stage_dir(self, k: int) -> Path:
-        return self.run_dir / "stages" / str(k)
-
-    def _save_stage(self, k: int, row: list[float], ppl: float | None) -> None:
-        from forgetless.model import save_adapter, save_trainable
-
+    # ---- stages: what a stage holds (stages.StageStore writes and reads it) ----------------------
+    def _save_stage(self, k: int, scores: StageScores) -> None:
         acc = self.accelerator
         strategy_state = self.strategy.state_dict()  # every process computes it (same state)
-        if acc.is_main_process:
-            final = self._stage_dir(k)
-            if final.exists():
-                raise RuntimeError(f"stage {final} exists; a finished stage is never rewritten")
-            tmp = final.parent / f".tmp-{k}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_trainable(self.base_model, tmp / "trainable.safetensors")
-            save_adapter(self.base_model, tmp / "adapter")  # LoRA in PEFT's format, for users
-            save_state(strategy_state, tmp, "strategy")
-            loop = {
-                "stage": k, "global_step": self.global_step, "row": row, "general_ppl": ppl,
-                "general_tasks": self.harness[k],
-                "general_probe": self.probe_acc[-1],
-                "counters": self.counters.as_dict(), "replay_events": self.replay_events,
-                "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state().numpy(),
-            }
-            if torch.cuda.is_available():
-                loop["cuda_rng"] = torch.cuda.get_rng_state().numpy()
-            save_state(loop, tmp, "loop")
-            files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-            atomic_write_text(tmp / MANIFEST, json.dumps({"files": files}, indent=1))
-            tmp.rename(final)
+        loop = {
+            "stage": k, "global_step": self.global_step, "row": scores.row, "general_ppl": scores.ppl,
+            "general_tasks": scores.harness, "general_probe": scores.probe,
+            "counters": self.counters.as_dict(), "replay_events": self.replay_events,
+            "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state().numpy(),
+        }
+        if torch.cuda.is_available():
+            loop["cuda_rng"] = torch.cuda.get_rng_state().numpy()
+        self.stages.save(k, self.base_model, strategy_state, loop)
         self.saved_stage = k
         acc.wait_for_everyone()
-        self.tracking.stage(k, self.stream.names, row, ppl, self.global_step, self.harness[k])
+        self.tracking.stage(k, self.stream.names, scores.row, scores.ppl, self.global_step, scores.harness)
         if self.on_stage is not None:
             self.on_stage(k)
 
-    def _last_stage(self) -> int:
-        """The last stage that is intact, with the loop state of every stage before it (all that
-        restoring reads of them: hashing every stage's weights would cost minutes for a large fully
-        fine-tuned model). A damaged stage, and any after it, is named in one line and removed, so
-        the run continues from the one before."""
-        stages = self.run_dir / "stages"
-        done = sorted(int(p.name) for p in stages.iterdir() if p.name.isdigit()) if stages.is_dir() else []
-        good, problem = -1, None
-        for k in done:
-            problem = f"stage {good + 1} is missing" if k != good + 1 else \
-                verify_stage(self._stage_dir(k), ("loop.json", "loop.npz"))
-            if problem is not None:
-                break
-            good = k
-        while good >= 0:
-            last = verify_stage(self._stage_dir(good))
-            if last is None:
-                break
-            problem, good = last, good - 1
-        if problem is not None:
-            if self.accelerator.is_main_process:
-                then = f"resuming from stage {good}" if good >= 0 else "starting over"
-                print(f"warning: {problem}; {then}", file=sys.stderr)
-                for k in done:
-                    if k > good:
-                        shutil.rmtree(self._stage_dir(k), ignore_errors=True)
-            self.accelerator.wait_for_everyone()
-        return good
+    def _record(self, k: int, scores: StageScores) -> None:
+        """Stage k's scores into the run's lists (stage 0's row is the baseline)."""
+        if k == 0:
+            self.baseline = scores.row
+        else:
+            self.acc_rows.append(scores.row)
+        self.ppl.append(scores.ppl)
+        self.harness.append(scores.harness)
+        self.probe_acc.append(scores.probe)
 
     def _restore(self, k: int) -> None:
-        from forgetless.model import load_trainable
-
-        d = self._stage_dir(k)
-        load_trainable(self.base_model, d / "trainable.safetensors")
-        self.strategy.load_state_dict(load_state(d, "strategy"))
-        self.acc_rows, self.ppl, self.harness, self.probe_acc = [], [], [], []
-        for j in range(k + 1):
-            loop_j = load_state(self._stage_dir(j), "loop")
-            if j == 0:
-                self.baseline = loop_j["row"]
-            else:
-                self.acc_rows.append(loop_j["row"])
-            self.ppl.append(loop_j["general_ppl"])
-            self.harness.append(loop_j.get("general_tasks"))
-            self.probe_acc.append(loop_j.get("general_probe"))
-        loop = load_state(d, "loop")
+        loops = self.stages.load(k, self.base_model, self.strategy)
+        for j, loop_j in enumerate(loops):
+            self._record(j, StageScores(loop_j["row"], loop_j["general_ppl"], loop_j.get("general_probe"),
+                                     loop_j.get("general_tasks")))
+        loop = loops[-1]
         self.global_step = int(loop["global_step"])
         self.counters.load(loop["counters"])
         self.replay_events = list(loop["replay_events"])
@@ -359,23 +246,7 @@ class Run:
         torch.set_rng_state(torch.from_numpy(np.asarray(loop["torch_rng"], dtype=np.uint8)))
         if "cuda_rng" in loop and torch.cuda.is_available():
             torch.cuda.set_rng_state(torch.from_numpy(np.asarray(loop["cuda_rng"], dtype=np.uint8)))
-        self._truncate_log(self.global_step)
-
-    # ---- logging ---------------------------------------------------------------------------
-    def _truncate_log(self, last_step: int) -> None:
-        """Keep the steps up to the restored stage; a partial or garbage line (a kill mid-write) goes."""
-        path = self.run_dir / "log.jsonl"
-        if not self.accelerator.is_main_process or not path.is_file():
-            return
-        keep = []
-        for ln in path.read_bytes().decode("utf-8", "replace").splitlines():
-            try:
-                entry = json.loads(ln)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= last_step:
-                keep.append(ln)
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+        self.stages.truncate_log(self.global_step)
 
     # ---- the run ---------------------------------------------------------------------------
     def execute(self) -> dict:
@@ -389,17 +260,15 @@ class Run:
         from forgetless.train import Optimization, TaskLoop
 
         acc = self.accelerator
-        start = self._last_stage() if self.resume else -1
+        start = self.stages.last_intact() if self.resume else -1
         if start >= 0:
             self._restore(start)
             self.saved_stage = start
         else:
-            self._truncate_log(0)
-            row, ppl = self._evaluate_stage()
-            self.baseline = row
-            self.ppl.append(ppl)
-            self.harness.append(self._general_tasks(0))
-            self._save_stage(0, row, ppl)
+            self.stages.truncate_log(0)
+            scores = self.evaluator.evaluate(0)
+            self._record(0, scores)
+            self._save_stage(0, scores)
             start = 0
 
         optim = Optimization(self.model, acc, self.cfg.train)  # one per run; each task resets it
@@ -439,11 +308,9 @@ class Run:
                     self.counters.time_replay_bookkeeping_s += time.perf_counter() - t0
                     if log_file is not None:
                         log_file.flush()
-                    row, ppl = self._evaluate_stage()
-                    self.acc_rows.append(row)
-                    self.ppl.append(ppl)
-                    self.harness.append(self._general_tasks(t + 1))
-                    self._save_stage(t + 1, row, ppl)
+                    scores = self.evaluator.evaluate(t + 1)
+                    self._record(t + 1, scores)
+                    self._save_stage(t + 1, scores)
             return self._finish()
         finally:
             if log_file is not None:

@@ -13,7 +13,7 @@ class FakeConfig(PretrainedConfig):
 class BigramLM(PreTrainedModel, GenerationMixin):
     """Next-token logits depend only on the current token: ``rows[tok]`` or ``default`` (so a
     cache holds nothing it needs). Records, per forward, the inputs it saw and whether it ran in
-    eval / inference mode."""
+    eval mode and without autograd."""
 
     config_class = FakeConfig
 
@@ -26,7 +26,7 @@ class BigramLM(PreTrainedModel, GenerationMixin):
         self.w = torch.nn.Parameter(torch.zeros(1))
 
     def forward(self, input_ids, attention_mask=None, cache=None, use_cache=False, **kw):
-        self.calls.append((input_ids.clone(), self.training, torch.is_inference_mode_enabled()))
+        self.calls.append((input_ids.clone(), self.training, not torch.is_grad_enabled()))
         logits = self.default.expand(*input_ids.shape, self.V).clone()
         for t, row in self.rows.items():
             logits[input_ids == t] = row

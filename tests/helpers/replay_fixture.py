@@ -82,6 +82,7 @@ def spy_on_test_splits():
     of the last stage except while a stage is scored. Returns the function that undoes it."""
     import forgetless.data
     from forgetless import experiment
+    from forgetless.stage_eval import StageEvaluator
 
     load, saved = forgetless.data.load_stream, {}
 
@@ -91,8 +92,8 @@ def spy_on_test_splits():
             t.test = SplitSpy(t.test)
         return stream
 
-    def phase(name, during, after):
-        inner = saved[name] = getattr(experiment.Run, name)
+    def phase(cls, name, during, after):
+        inner = saved[cls, name] = getattr(cls, name)
 
         def outer(self, *a, **k):
             SplitSpy.armed = during
@@ -100,18 +101,18 @@ def spy_on_test_splits():
                 return inner(self, *a, **k)
             finally:
                 SplitSpy.armed = after
-        setattr(experiment.Run, name, outer)
+        setattr(cls, name, outer)
 
     forgetless.data.load_stream = spied
-    phase("_setup", False, True)
-    phase("_evaluate_stage", False, True)
-    phase("_finish", False, False)
+    phase(experiment.Run, "_setup", False, True)
+    phase(StageEvaluator, "evaluate", False, True)
+    phase(experiment.Run, "_finish", False, False)
     SplitSpy.reads, SplitSpy.scored = [], 0
 
     def undo():
         forgetless.data.load_stream = load
-        for name, fn in saved.items():
-            setattr(experiment.Run, name, fn)
+        for (cls, name), fn in saved.items():
+            setattr(cls, name, fn)
         SplitSpy.armed = False
     return undo
 

@@ -12,6 +12,7 @@ step so gradient accumulation is exact) and keeps the per-sample losses, which a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -166,8 +167,9 @@ class ReplayMixin:
             if isinstance(spec, (str, os.PathLike)):
                 spec = load_task(str(spec))
             if isinstance(spec, Task):
-                task = Task(spec.name, spec.kind, spec.train[: cfg.data.n_train], spec.test[: cfg.data.n_test],
-                            spec.source, dev=spec.dev)
+                # a copy keeping every field (metric, dev, files), only the splits cut to the config's sizes
+                task = dataclasses.replace(spec, train=spec.train[: cfg.data.n_train],
+                                           test=spec.test[: cfg.data.n_test])
                 samples = tokenize_stream(TaskStream(tasks=[task]), self.processing_class, cfg.data.max_length,
                                           cfg.data.prompt_template, self._chat).samples[0]
             else:
@@ -176,7 +178,10 @@ class ReplayMixin:
             for i, s in enumerate(samples):
                 s.sample_id, s.task_id = offset + i, t
             if eval_tasks is not None and eval_tasks[t] is not None:
-                task.kind, task.test = self._eval_examples(eval_tasks[t], task.name)
+                kind, task.test, metric = self._eval_examples(eval_tasks[t], task.name)
+                # an eval Task brings its own metric; eval records keep the task's when the kind is the same
+                task.metric = metric if metric or kind != task.kind else task.metric
+                task.kind = kind
             if not samples:
                 raise InputError(f"task '{task.name}' has no training samples", field="tasks")
             task.name = names[t] or task.name
@@ -223,13 +228,13 @@ class ReplayMixin:
         if isinstance(spec, (str, os.PathLike)):
             spec = load_task(str(spec))
         if isinstance(spec, Task):
-            return spec.kind, list(spec.test[: self.fl_config.data.n_test])
+            return spec.kind, list(spec.test[: self.fl_config.data.n_test]), spec.metric
         records = [dict(r) for r in spec]
         if not records:
             raise InputError(f"task '{name}': empty eval set", field="eval_tasks")
         kind = infer_kind(records[0])
         examples = [to_example(r, kind, f"eval_tasks[{name}]", None, i) for i, r in enumerate(records, 1)]
-        return kind, examples[: self.fl_config.data.n_test]
+        return kind, examples[: self.fl_config.data.n_test], None
 
     def train_stream(self, tasks, eval_tasks=None, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """Train every task in order with replay; evaluate every task after each one. Returns the
@@ -297,7 +302,9 @@ class ReplayMixin:
         batches = []
         for i, (chunk, _) in enumerate(task):
             parts = [chunk] + ([general[i][0]] if i < len(general) else [])
-            if self.is_deepspeed_enabled and len(parts) > 1:  # one backward per micro-batch under DeepSpeed
+            # one forward and backward per micro-batch under DeepSpeed and FSDP: their forwards are
+            # collectives, and processes may hold different numbers of general samples
+            if (self.is_deepspeed_enabled or self.is_fsdp_enabled) and len(parts) > 1:
                 parts = [parts[0] + parts[1]]
             b = [{**collate(c, pad), "fl_general": n_general, "fl_total": total} for c in parts]
             batches.append({**b[0], "fl_more": b[1:]})
