@@ -437,10 +437,12 @@ def test_align_right_and_left_padding():
     np.testing.assert_array_equal(_align(am, torch.tensor([0, 1]), torch.tensor([2, 0]), 4), torch.ones(2, 4))
 
 
-@pytest.mark.parametrize("loss", ["l2", "kl"])
+@pytest.mark.parametrize("loss", ["l2", "kl", "tm"])
 def test_aux_gradient_same_on_two_processes_as_on_one(tmp_path, loss):
     """The loop's loss (train.step_loss) on one process vs its per-rank slices with DDP's gradient mean: the
-    same gradient, GeRe's term included, when the ranks hold unequal numbers of general samples (2 and 1)."""
+    same gradient, GeRe's term included, when the ranks hold unequal numbers of general samples (2 and 1).
+    TM normalises by the step's violating-element count: the ranks' counts are summed as the context's
+    reduce_sum (an all-reduce in a real run) would, from a first pass that records each rank's count."""
     from forgetless.train import micro_batches, step_loss
 
     st, model, _ = _e2e(tmp_path, loss)
@@ -455,8 +457,18 @@ def test_aux_gradient_same_on_two_processes_as_on_one(tmp_path, loss):
     n_general = sum(s.sample_id < 0 for s in merged)
     params = [p for p in model.parameters() if p.requires_grad]
 
+    kind = loss
+
     def grads(world):
         out = [torch.zeros_like(p) for p in params]
+        st.ctx.reduce_sum = None
+        if world > 1 and kind == "tm":
+            counts = []
+            st.ctx.reduce_sum = lambda t: (counts.append(int(t)), t)[1]
+            for rank in range(world):
+                step_loss(model, collate(merged[rank::world], 0), st, True, world, total, n_general)
+            assert len(counts) == world and all(counts)  # every rank took part, each with violations
+            st.ctx.reduce_sum = lambda t: torch.tensor(sum(counts))
         for rank in range(world):
             for chunk, _ in micro_batches(merged[rank::world], 1):
                 loss, *_ = step_loss(model, collate(chunk, 0), st, True, world, total, n_general)

@@ -392,9 +392,9 @@ def test_fsdp2_on_two_cpu_processes_makes_the_same_decisions_as_one(tmp_path):
     """ReplayTrainer on the Trainer's FSDP2 path (LoRA, tiny model, 2 tasks, GeRe + MSSR): the model is
     sharded with fully_shard, general samples join every step, an odd eval set is scored between tasks,
     and decisions, losses and scores equal one process's."""
-    # GeRe's l2 loss: TM's normaliser (its violating elements in the chunk) depends on how the general rows
-    # are split over processes, so TM's gradient is not that of one process (test_gere tests l2 and kl)
-    over = {"replay.strategy": "gere+mssr", "replay.gere.loss": "l2", "data.n_test": 11}
+    # GeRe's default TM loss: its normaliser, the step's violating elements, is summed over the processes
+    # (StrategyContext.reduce_sum), so the losses match one process's to 1e-5
+    over = {"replay.strategy": "gere+mssr", "data.n_test": 11}
     r0, r1 = _two_processes(tmp_path, over, kw='{"fsdp": True, "fsdp_config": {"version": 2}}', setup=FSDP2_ON_CPU)
     assert r0["wrapped"].startswith("FSDP")  # fully_shard's class swap (FSDPPeftModelForCausalLM)
     single, one_obs = _one_process(tmp_path / "one", **over)

@@ -35,6 +35,7 @@ from forgetless.rundir import FINGERPRINTS, RunLock, check_same_run, check_writa
 from forgetless.stage_eval import StageEvaluator, StageScores
 from forgetless.stages import StageStore
 from forgetless.state import atomic_write_text
+from forgetless.train import process_sum
 
 
 def run_dir_for(cfg: Config, output_dir: str | Path | None = None) -> Path:
@@ -190,6 +191,7 @@ class Run:
             tokenizer=self.tokenizer, device=self.accelerator.device, run_dir=self.run_dir,
             evaluate=self.evaluator.probe_accuracy, sample_losses=self.evaluator.sample_losses,
             steps_per_task=self.steps, batch_size=cfg.train.batch_size,
+            reduce_sum=process_sum(self.accelerator, cfg.train.grad_accum),
         )
         self.strategy = build_strategy(self.ctx)
         self.model = self.accelerator.prepare(model)

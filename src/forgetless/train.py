@@ -252,6 +252,16 @@ def compose_step(samples: list[Sample], sampler: "BatchSampler", strategy: Strat
     return new, replay, merged
 
 
+def process_sum(acc, accum: int):
+    """The context's ``reduce_sum`` for a run on ``acc`` with ``accum`` micro-batches per step: a sum
+    over processes when there are several and each holds one micro-batch (every process then makes one
+    forward, and one such call, per step); None otherwise (one process, or micro-batches, for which a
+    step-wide count would need every micro-batch's forward before the first backward)."""
+    if acc.num_processes < 2 or accum > 1:
+        return None
+    return lambda t: acc.reduce(t, reduction="sum")
+
+
 def step_loss(model, batch: dict[str, torch.Tensor], strategy: Strategy, need_hidden: bool, world: int,
               total_tokens: int, total_general: int):
     """One micro-batch's forward: (loss to backward, its token-loss sum, the extra loss's share as a float or
@@ -269,7 +279,10 @@ def step_loss(model, batch: dict[str, torch.Tensor], strategy: Strategy, need_hi
     extra = strategy.extra_loss(batch, out)
     extra_f = None
     if extra is not None:
-        w = world * int((batch["sample_ids"] < 0).sum()) / max(total_general, 1)
+        if getattr(strategy, "extra_loss_is_share", False):  # already this process's share of the step's term
+            w = world
+        else:
+            w = world * int((batch["sample_ids"] < 0).sum()) / max(total_general, 1)
         loss = loss + extra * w
         extra_f = float(extra.detach()) * w / world
     return loss, float(tok_sum.detach()), extra_f, sample_means(tl, mask).detach().float()

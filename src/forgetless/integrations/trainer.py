@@ -31,7 +31,7 @@ from forgetless.errors import InputError
 from forgetless.replay.base import Strategy, StrategyContext, WorkCounters
 from forgetless.state import atomic_write_text, load_state, save_state
 from forgetless.train import LOOP_RNG_TAG, BatchSampler, _gather_all, collate, compose_step, in_merged_order, micro_batches, \
-    step_loss, steps_for_task
+    process_sum, step_loss, steps_for_task
 
 STATE_DIR = "forgetless"  # inside each checkpoint-N folder: the stream's and the strategy's state
 
@@ -95,6 +95,7 @@ class ReplayMixin:
             model=self.model, tokenizer=self.processing_class, device=self.args.device,
             run_dir=Path(self.args.output_dir) / STATE_DIR, evaluate=self._probe_accuracy,
             sample_losses=self._sample_losses,
+            reduce_sum=process_sum(self.accelerator, self.args.gradient_accumulation_steps),
         )
         if isinstance(strategy, Strategy) and not isinstance(strategy, type):
             self.strategy = strategy

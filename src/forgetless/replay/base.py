@@ -74,6 +74,9 @@ class StrategyContext:
     sample_losses: Callable[[list["Sample"]], np.ndarray] | None = None
     steps_per_task: list[int] = field(default_factory=list)  # optimizer steps the loop will take per task
     batch_size: int = 0  # new-task samples per step (global)
+    # sum of a tensor over the processes of a distributed run, called by every process in step (None: one
+    # process); GeRe's TM loss normalises by the whole step's count with it
+    reduce_sum: Callable[[Any], Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def replay_budget(self, task_index: int) -> int | None:

@@ -53,6 +53,10 @@ class Composite(BaseStrategy):
         for p in self.parts:
             p.observe(sample_ids, losses, step)
 
+    @property
+    def extra_loss_is_share(self) -> bool:
+        return any(getattr(p, "extra_loss_is_share", False) for p in self.parts)
+
     def extra_loss(self, batch, outputs):
         total = None
         for p in self.parts:

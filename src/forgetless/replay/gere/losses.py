@@ -3,6 +3,8 @@ loss's per-dimension thresholds (from RunningStats over the reference activation
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -75,11 +77,14 @@ def _mask3(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None
 
 
 def tm_loss(hidden: torch.Tensor, ref_hidden: torch.Tensor, tau_pos: torch.Tensor, tau_neg: torch.Tensor,
-            mask: torch.Tensor | None = None) -> torch.Tensor:
+            mask: torch.Tensor | None = None, count: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Threshold-based margin loss: keep each activation on the reference's side of the band.
 
     States come from the reference: > tau+ positive, < tau- negative, otherwise neutral.
     Sum of element losses over the masked tokens / (number of nonzero element losses + 1e-8).
+    ``count`` maps this forward's number of nonzero element losses to the whole step's (a sum over
+    processes): the result is then this forward's share of the step's TM loss, so that the shares of
+    all processes add up to the TM loss of the merged batch.
     """
     h = hidden.float()
     ref = ref_hidden.float()
@@ -92,6 +97,8 @@ def tm_loss(hidden: torch.Tensor, ref_hidden: torch.Tensor, tau_pos: torch.Tenso
     if m is not None:
         elem = elem * m
     n_nonzero = (elem.detach() > 0).sum()
+    if count is not None:
+        n_nonzero = count(n_nonzero)
     return elem.sum() / (n_nonzero + 1e-8)
 
 

@@ -153,12 +153,20 @@ class GeRe(BaseStrategy):
         samples = self._ensure_samples()
         return ReplayBatch([samples[i] for i in self._take(count)])
 
+    @property
+    def extra_loss_is_share(self) -> bool:
+        """TM on several processes: extra_loss is this process's share of the step's TM loss (normalised
+        by the step's violating-element count summed over processes), not a mean over its rows."""
+        return self.cfg.loss == "tm" and self.ctx.reduce_sum is not None
+
     def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor | None:
         if self.cfg.loss == "ce":
             return None
         ids = batch["sample_ids"]
         rows = torch.nonzero(ids < 0).flatten()
         if rows.numel() == 0:
+            if self.extra_loss_is_share:  # every process takes part in the step's count
+                self.ctx.reduce_sum(torch.zeros((), dtype=torch.long, device=ids.device))
             return None
         self._ensure_references()
         ref_rows = general_row(ids[rows].cpu().numpy())
@@ -181,7 +189,7 @@ class GeRe(BaseStrategy):
             if self.cfg.loss == "tm":
                 if self._tau is None or self._tau[0].device != h.device:
                     self._tau = tuple(t.to(h.device) for t in self.thresholds())
-                aux = tm_loss(h, ref, *self._tau, mask=mask)
+                aux = tm_loss(h, ref, *self._tau, mask=mask, count=self.ctx.reduce_sum)
             elif self.cfg.loss == "l1":
                 aux = l1_loss(h, ref, mask)
             else:
