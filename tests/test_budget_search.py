@@ -76,7 +76,7 @@ def test_unreachable_target_and_no_replay_needed(monkeypatch):
 RAW = {
     "name": "bs",
     "model": {"lora": {"enabled": False}},
-    "data": {"tasks": ["unicode_letter", "first_word"], "n_train": 200, "n_test": 40, "general_texts": 4},
+    "data": {"tasks": ["unicode_letter", "first_word"], "n_train": 200, "n_test": 30, "general_texts": 0},
     "train": {"steps_per_task": 30, "batch_size": 16, "lr": 1e-3},
     "eval": {"batch_size": 40},
     "replay": {"memory": {"size": 200}},

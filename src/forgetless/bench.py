@@ -254,14 +254,19 @@ def per_task_md(runs: list[dict], strategies: list[str], key: str = "task_end") 
 def quarters_md(runs: list[dict], strategies: list[str]) -> str:
     """When replay happened: mean replayed samples per run in each quarter of a task, and the
     training seconds per optimizer step (mean over seeds; the runs' own clock)."""
-    out = ["| strategy | 1st quarter | 2nd | 3rd | 4th | train s/step |", "|---|---|---|---|---|---|"]
+    budgets = list(dict.fromkeys(r.get("budget") for r in runs))
+    sweep = len(budgets) > 1
+    out = ["| strategy | " + ("budget | " if sweep else "") + "1st quarter | 2nd | 3rd | 4th | train s/step |",
+           "|---" * (6 + sweep) + "|"]
     for s in strategies:
-        mine = [r for r in runs if r["strategy"] == s]
-        if not mine:
-            continue
-        qs = [np.mean([r["replay_quarters"][q] for r in mine if r.get("replay_quarters")] or [0]) for q in range(4)]
-        sps = [r["s_per_step"] for r in mine if r.get("s_per_step") is not None]
-        out.append(f"| {s} | " + " | ".join(f"{q:,.0f}" for q in qs) + f" | {_pm(sps, 2)} |")
+        for b in budgets:
+            mine = [r for r in runs if r["strategy"] == s and r.get("budget") == b]
+            if not mine:
+                continue
+            qs = [np.mean([r["replay_quarters"][q] for r in mine if r.get("replay_quarters")] or [0]) for q in range(4)]
+            sps = [r["s_per_step"] for r in mine if r.get("s_per_step") is not None]
+            out.append(f"| {s} | " + (f"{budget_str(b)} | " if sweep else "") + " | ".join(f"{q:,.0f}" for q in qs)
+                       + f" | {_pm(sps, 2)} |")
     return "\n".join(out)
 
 
@@ -612,7 +617,11 @@ def _grid(cfg: Config, strategies: list[str], seeds: list[int], orders: int, out
     if noise is not None:
         md += [f"Seed noise: AP std over seeds {noise['sigma']:.3f} (pooled over {noise['groups']} strategy cells); "
                f"a difference under {noise['noise']:.3f} AP between two single-seed runs is within it.", ""]
-    md += [reading(rows, noise["noise"] if noise else None), ""]
+    if budgets:  # one reading per budget: strategies compare at equal budget only
+        md += [f"At budget {budget_str(b)}: " + reading([r for r in rows if r["budget"] == b],
+                                                        noise["noise"] if noise else None) for b in budgets] + [""]
+    else:
+        md += [reading(rows, noise["noise"] if noise else None), ""]
     pairs = paired_md(summaries, strategies)
     if pairs:
         md += ["Paired AP differences (same seed, order and budget; wins: seeds where the strategy is higher):", "",
