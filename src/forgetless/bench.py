@@ -92,7 +92,8 @@ def _quarters(result: dict) -> list[int]:
     """Replayed samples in each quarter of a task's steps, summed over the tasks."""
     from forgetless.report import replay_volume
 
-    return [int(sum(v["samples"][q] for v in replay_volume(result))) for q in range(4)]
+    vol = result.get("replay_volume") or replay_volume(result)  # as spent_share: the run's own when it has one
+    return [int(sum(v["samples"][q] for v in vol)) for q in range(4)]
 
 
 def _calibration(result: dict) -> dict | None:
